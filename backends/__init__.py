@@ -1,0 +1,1 @@
+"""Backends (`cllm_compiler.backends`): lower the IR to something a device runs."""

@@ -1,0 +1,80 @@
+"""Atomic file and folder writes: temp file, fsync, rename; clean up on any failure."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .errors import OutputError
+
+
+def _os_error(e: OSError, path: Path) -> OutputError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError(f"no space left while writing {path} ({os.strerror(e.errno)})",
+                           hint="free disk space or choose another output folder with -o")
+    return OutputError(f"cannot write {path}: {e.strerror or e}", hint="check the folder exists and is writable")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Yield a file to write; it appears at `path` only if the block finishes."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        raise _os_error(e, path) from e
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def _unlink(p: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(p)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; it is renamed to `path` only on success.
+
+    A failed compile leaves nothing at `path`, so no half-written artifact can look complete.
+    """
+    path = Path(path)
+    if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"{path} already exists", hint="use --force to replace it, or -o to pick another folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as e:
+        raise _os_error(e, path) from e
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _os_error(e, path) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,40 @@
+"""The compile summary table (size, bits/weight, PPL before/after, KLD)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .ui import out
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def print_summary(report: dict[str, Any], folder: Path) -> None:
+    params = report["params"]
+    t = Table(title=f"cllm: {folder}  (target {report['target']})", show_header=True)
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    src = report.get("source_bytes")
+    t.add_row("size", f"{_mb(src)} source / {_mb(report['f16_bytes'])} f16", _mb(report["artifact_bytes"]))
+    t.add_row("bits/weight (file bytes x 8 / params)", f"{src * 8 / params:.3f} source" if src else "-",
+              f"{report['bits_per_weight']:.3f}")
+    ev = report.get("eval")
+    if ev:
+        r, c = ev["reference"], ev["compressed"]
+        t.add_row(f"PPL wikitext-2 ({c['windows']}x{c['seqlen']} tok of {c['tokens_total']})",
+                  f"{r['ppl']:.3f}", f"{c['ppl']:.3f} ({100 * (c['ppl'] / r['ppl'] - 1):+.2f}%)")
+        t.add_row("KLD mean / p99 vs uncompressed", "0", f"{c['kld_mean']:.5f} / {c['kld_p99']:.4f}")
+        t.add_row("top-1 agreement", "1", f"{c['top1_agree']:.4f}")
+    else:
+        t.add_row("PPL / KLD", "-", "not evaluated (--eval-windows 0)")
+    t.add_row("compile time / peak RSS", "", f"{report['timing']['compile_s']:.1f} s / {report['peak_rss_mib']:.0f} MiB")
+    est = report["estimates"]["decode_tokens_per_s_bandwidth_bound"]
+    t.add_row("decode tok/s on target (estimated, roofline)", "", f"{est:,.0f}")
+    out.print(t)
+    out.print(f"[dim]pipeline: {report['pipeline']}[/]", highlight=False)
+    out.print(f"[dim]{report['lowering']}[/]", highlight=False)

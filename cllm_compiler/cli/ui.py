@@ -1,0 +1,57 @@
+"""Console helpers shared by the CLIs: error reporting, progress bars, tables."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import CllmError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def setup_threads() -> None:
+    # One thread unless asked: on small shared machines torch's OpenMP spin-wait with 2 threads
+    # was measured 12-25x slower than 1.
+    import torch
+    torch.set_num_threads(int(os.environ.get("CLLM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))))
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run a CLI body; turn cllm errors into one clear line and a non-zero exit."""
+    try:
+        return main()
+    except CllmError as e:
+        # One line each, whatever a library put in the message.
+        console.print(f"[bold red]error:[/] {' '.join(e.format().split())}", highlight=False, soft_wrap=True)
+        if e.hint:
+            hint = "; ".join(line.strip() for line in e.hint.splitlines() if line.strip())
+            console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            console.print(f"[bold red]error:[/] no space left on device ({e})")
+            return 2
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+
+
+@contextmanager
+def progress() -> Iterator[Progress]:
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 console=console, transient=False, disable=not sys.stderr.isatty() and os.environ.get("CLLM_PROGRESS") != "1")
+    with p:
+        yield p
+
+
+def step(msg: str) -> None:
+    console.print(f"[cyan]•[/] {msg}", highlight=False, soft_wrap=True)

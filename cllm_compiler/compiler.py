@@ -1,0 +1,125 @@
+"""The compile driver: load -> passes -> container -> evaluation -> report, as one API call."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .atomic import atomic_dir, write_bytes
+from .container import read_container, write_container
+from .ir import Model
+from .loading import file_sha256, load_model
+from .passes_base import Pass, PassStats
+from .passmanager import Instrument, IRDumpInstrument, PassManager, TimingInstrument
+from .pipeline import pipeline_text
+from .targets import Target
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    report: dict[str, Any]
+    stats: list[PassStats] = field(default_factory=list)
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"cllm": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "gguf", "zstandard", "numpy", "safetensors", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def source_size(path: str | None) -> int | None:
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.glob("*.safetensors")) or None
+
+
+def tensor_table(model: Model, stats: list[PassStats]) -> list[dict[str, Any]]:
+    quality = {t.name: t for s in stats for t in s.tensors if t.mse is not None}
+    rows = []
+    for node in model:
+        q = quality.get(node.name)
+        bits = node.rep.storage_bits()
+        rows.append({"name": node.name, "shape": list(node.shape), "rep": node.rep.describe(), "bits": bits,
+                     "bpw": bits / node.numel, "mse": q.mse if q else None, "sqnr_db": q.sqnr_db if q else None})
+    return rows
+
+
+def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Path, *, force: bool = False,
+                  eval_windows: int = 0, seqlen: int = 2048, dump_ir: Path | None = None,
+                  instruments: list[Instrument] | None = None,
+                  on_step: Callable[[str], None] = lambda s: None,
+                  eval_progress: Callable[[int, int], None] | None = None) -> CompileResult:
+    """Compile `model_path` for `target`; the artifact folder appears only when complete."""
+    t0 = time.perf_counter()
+    pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
+    if dump_ir:
+        pm_instruments.append(IRDumpInstrument(dump_ir))
+    manager = PassManager(passes, pm_instruments)
+    with atomic_dir(out, force=force) as tmp:
+        on_step(f"loading {model_path}")
+        model = load_model(model_path)
+        source_reps = {n.name: n.rep for n in model}  # lazy handles, no dense copies
+        t_load = time.perf_counter() - t0
+        stats = manager.run(model)
+        on_step("writing model.cllm")
+        size = write_container(model, tmp / "model.cllm")
+        t_compile = time.perf_counter() - t0
+        report: dict[str, Any] = {
+            "target": target.name, "backend": target.backend, "pipeline": pipeline_text(passes),
+            "params": model.num_params, "artifact_bytes": size, "bits_per_weight": size * 8 / model.num_params,
+            "source_bytes": source_size(model.source.get("path")), "f16_bytes": model.num_params * 2,
+            "timing": {"load_s": round(t_load, 2), "compile_s": round(t_compile, 2),
+                       "passes": pm_instruments[0].records},  # type: ignore[attr-defined]
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "lowering": _lowering_note(target),
+            "estimates": {"decode_tokens_per_s_bandwidth_bound": target.decode_tokens_per_s_estimate(size),
+                          "label": "estimated: target bandwidth / artifact bytes (roofline, no measurement)"},
+            "tensors": tensor_table(model, stats), "notes": [n for s in stats for n in s.notes],
+        }
+        if eval_windows:
+            on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
+            report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
+                                               eval_progress)
+        manifest = {"format": "cllm-artifact", "version": 1, "source": model.source,
+                    "pipeline": pipeline_text(passes), "target": target.name, "tools": tool_versions(),
+                    "model_cllm_sha256": file_sha256(tmp / "model.cllm")}
+        write_bytes(tmp / "report.json", json.dumps(report, indent=1).encode())
+        write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return CompileResult(out, report, stats)
+
+
+def _lowering_note(target: Target) -> str:
+    return (f"backend '{target.backend}' lowering is not built yet: the artifact is the portable .cllm, "
+            "validated with the PyTorch reference runner on this CPU")
+
+
+def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int, seqlen: int,
+                      progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """PPL before/after and KLD, running the artifact *as read back from disk*."""
+    from .backends.torch_ref import build_torch_model
+    from .evaluate import evaluate, tokenize, wikitext_text
+    compressed = read_container(cllm)
+    ref_model = Model(model.config, model.tokenizer, source=model.source)
+    for node in model:
+        ref_model.tensors[node.name] = type(node)(node.name, node.shape, source_reps[node.name], node.role)
+    ids = tokenize(model.tokenizer, wikitext_text())
+    ref, net = build_torch_model(ref_model), build_torch_model(compressed)
+    n = min(windows, ids.numel() // seqlen)
+    res = evaluate({"reference": ref, "compressed": net}, ids, reference=ref, seqlen=seqlen, max_windows=n,
+                   progress=(lambda w: progress(w + 1, n)) if progress else None)
+    return {"reference": res["reference"].to_dict(), "compressed": res["compressed"].to_dict(),  # type: ignore[union-attr]
+            "runner": "torch-cpu-fp32 (reference runner)"}

@@ -1,0 +1,157 @@
+"""Passes as small declared objects, registered once by name.
+
+A pass declares typed parameters, the IR properties it requires and provides, and which
+tensors it matches (by role or name regex). The pass manager checks the declarations;
+passes only transform tensors and return statistics.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+
+from .errors import PassError
+from .ir import ALL_ROLES, ROLE_GROUPS, Model, TensorNode
+
+PASSES: dict[str, type["Pass"]] = {}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+
+
+@dataclass
+class TensorStats:
+    name: str
+    numel: int
+    bits: int
+    rep: str
+    mse: float | None = None
+    sqnr_db: float | None = None
+
+    @property
+    def bpw(self) -> float:
+        return self.bits / max(self.numel, 1)
+
+
+@dataclass
+class PassStats:
+    name: str
+    tensors: list[TensorStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def register_pass(cls: type["Pass"]) -> type["Pass"]:
+    if not cls.name:
+        raise PassError(f"{cls.__name__} declares no name")
+    if cls.name in PASSES:
+        raise PassError(f"pass '{cls.name}' is registered twice", hint="pass names must be unique")
+    PASSES[cls.name] = cls
+    return cls
+
+
+def parse_roles(spec: str) -> frozenset[str]:
+    roles: set[str] = set()
+    for item in filter(None, spec.split("|")):
+        if item in ROLE_GROUPS:
+            roles |= ROLE_GROUPS[item]
+        elif item in ALL_ROLES:
+            roles.add(item)
+        else:
+            raise PassError(f"unknown tensor role '{item}'",
+                            hint=f"roles: {', '.join(sorted(ALL_ROLES | set(ROLE_GROUPS)))}")
+    return frozenset(roles)
+
+
+class Pass:
+    """Base class. Subclasses set name/params/requires/provides and implement `run`."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+    default_match: ClassVar[str] = "linear"
+
+    def __init__(self, **kwargs: Any) -> None:
+        declared = {p.name: p for p in self.all_params()}
+        unknown = sorted(set(kwargs) - set(declared))
+        if unknown:
+            raise PassError(f"pass '{self.name}' has no parameter '{unknown[0]}'",
+                            hint=f"parameters of {self.name}: {', '.join(declared)}")
+        self.on_tensor: Callable[[str], None] | None = None  # set by a progress instrument
+        self.args: dict[str, Any] = {}
+        for p in declared.values():
+            self.args[p.name] = self._coerce(p, kwargs.get(p.name, p.default))
+        self.roles = parse_roles(self.args["match"])
+        try:
+            self.name_re = re.compile(self.args["names"]) if self.args["names"] else None
+        except re.error as e:
+            raise PassError(f"names= is not a valid regex: {e}") from e
+
+    @classmethod
+    def all_params(cls) -> tuple[Param, ...]:
+        return cls.params + (
+            Param("match", str, cls.default_match, "tensor roles to act on, '|'-separated (linear, attn, mlp, embed, lm_head, ...)"),
+            Param("names", str, "", "optional regex a tensor name must also match"),
+            Param("skip", str, "", "regex of tensor names to leave untouched"),
+        )
+
+    def _coerce(self, p: Param, value: Any) -> Any:
+        try:
+            if p.type is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                value = value.lower() in ("true", "1", "yes")
+            else:
+                value = p.type(value)
+        except (TypeError, ValueError):
+            raise PassError(f"{self.name}: {p.name}={value!r} is not a {p.type.__name__}", hint=p.help) from None
+        if p.choices is not None and value not in p.choices:
+            raise PassError(f"{self.name}: {p.name}={value!r} is not allowed",
+                            hint=f"choose one of {', '.join(map(str, p.choices))}")
+        if p.check is not None and not p.check(value):
+            raise PassError(f"{self.name}: {p.name}={value!r} is out of range", hint=p.help)
+        return value
+
+    def matches(self, node: TensorNode) -> bool:
+        if node.role not in self.roles:
+            return False
+        if self.name_re and not self.name_re.search(node.name):
+            return False
+        return not (self.args["skip"] and re.search(self.args["skip"], node.name))
+
+    def each(self, model: Model) -> Iterator[TensorNode]:
+        """The tensors this pass acts on, reporting each to the progress hook."""
+        for node in list(model):
+            if self.matches(node):
+                yield node
+                if self.on_tensor is not None:
+                    self.on_tensor(node.name)
+
+    def count(self, model: Model) -> int:
+        return sum(1 for n in model if self.matches(n))
+
+    def run(self, model: Model) -> PassStats:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """Canonical pipeline text for this pass (all parameters, for the manifest)."""
+        inner = ",".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{self.name}{{{inner}}}"
+
+
+def sqnr_stats(node: TensorNode, ref: torch.Tensor, new: torch.Tensor) -> TensorStats:
+    err = (new - ref).double()
+    mse = float(err.pow(2).mean())
+    sig = float(ref.double().pow(2).mean())
+    sqnr = 10.0 * torch.log10(torch.tensor(sig / mse)).item() if mse > 0 else float("inf")
+    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), mse, sqnr)

@@ -1,0 +1,93 @@
+"""`quant`: uniform per-group integer quantization with round-to-nearest (RTN).
+
+Groups run along the input dimension (columns of a [out, in] weight). Asymmetric groups
+include zero in their range (as GPTQ's quantizer does) so the integer zero point always
+fits in `bits`; a ragged last group (e.g. 576 columns at g128) is allowed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import PassError
+from ..ir import Model
+from ..passes_base import Param, Pass, PassStats, register_pass, sqnr_stats
+from ..reprs import Quantized
+
+
+def group_size(value: object) -> int:
+    if str(value).lower() in ("channel", "per-channel", "0", "-1"):
+        return 0
+    g = int(value)  # type: ignore[arg-type]
+    if g < 8:
+        raise ValueError(value)
+    return g
+
+
+def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int") -> Quantized:
+    """Quantize a 2-D float tensor; the returned codes decode with `Quantized.decode`."""
+    rows, cols = w.shape
+    g = group or cols
+    ngroups = -(-cols // g)
+    pad = ngroups * g - cols
+    x = w.to(torch.float32)
+    if pad:  # replicate the last column so padding never widens a group's range
+        x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
+    x = x.view(rows, ngroups, g)
+    qmax = (1 << bits) - 1
+    if sym:
+        half = 1 << (bits - 1)
+        scale = x.abs().amax(-1) / max(half - 1, 1)
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
+        codes = torch.clamp(torch.round(x / scale[..., None]) + half, 0, qmax)
+        zeros = None
+    elif zero == "float":  # llama.cpp Q4_1 style: true min/max, min stored as fp16
+        lo = x.amin(-1).half().float()
+        scale = (x.amax(-1) - lo) / qmax
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
+        codes = torch.clamp(torch.round((x - lo[..., None]) / scale[..., None]), 0, qmax)
+        codes_np = codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy()
+        return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), None, bits, g, lo.half().numpy())
+    else:
+        lo = torch.clamp(x.amin(-1), max=0.0)
+        hi = torch.clamp(x.amax(-1), min=0.0)
+        scale = (hi - lo) / qmax
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
+        zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
+        codes = torch.clamp(torch.round(x / scale[..., None]) + zero[..., None], 0, qmax)
+        zeros = zero.to(torch.uint8).numpy()
+    codes_np = codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy()
+    return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), zeros, bits, g)
+
+
+@register_pass
+class QuantPass(Pass):
+    name = "quant"
+    help = "uniform integer quantization per group (RTN), 2-8 bits"
+    params = (
+        Param("bits", int, 4, "bits per weight code, 2-8", check=lambda b: 2 <= b <= 8),
+        Param("group", group_size, 128, "weights per scale along the input dim; 'channel' = per output row"),
+        Param("sym", bool, False, "symmetric (no zero point) instead of asymmetric min/max"),
+        Param("zero", str, "int", "asymmetric offset: 'int' zero point (GPTQ) or 'float' fp16 min (llama.cpp Q4_1)",
+              choices=("int", "float")),
+    )
+    provides = frozenset({"quantized"})
+
+    def run(self, model: Model) -> PassStats:
+        stats = PassStats(self.spec())
+        for node in self.each(model):
+            if node.rep.kind != "dense":
+                stats.notes.append(f"{node.name}: already {node.rep.describe()}, left as is")
+                continue
+            if len(node.shape) != 2:
+                raise PassError(f"cannot quantize a {len(node.shape)}-D tensor", tensor=node.name,
+                                hint="add it to skip= or narrow match=")
+            ref = node.rep.decode()
+            if not torch.isfinite(ref).all():
+                raise PassError("weights contain NaN or Inf", tensor=node.name, hint="the checkpoint is damaged")
+            node.rep = quantize_rtn(ref, self.args["bits"], self.args["group"], self.args["sym"],
+                                    self.args["zero"])
+            if not np.isfinite(node.rep.scales).all():  # type: ignore[attr-defined]
+                raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
+            stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
+        return stats

@@ -1,0 +1,51 @@
+"""Targets as data (`cllm_compiler.targets`): one table of facts per device in targets.toml."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from ..errors import TargetError
+
+DEFAULT_TARGET = "x86-avx512"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    backend: str
+    formats: tuple[str, ...]
+    memory_gb: float
+    bandwidth_gbs: float
+    compute_tflops: float
+    power_modes: tuple[str, ...]
+    default_pipeline: str
+    sources: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def decode_tokens_per_s_estimate(self, weight_bytes: int) -> float:
+        """Bandwidth roofline for batch-1 decode: every weight byte read once per token."""
+        return self.bandwidth_gbs * 1e9 / max(weight_bytes, 1)
+
+
+def _load() -> dict[str, Target]:
+    text = resources.files(__package__).joinpath("targets.toml").read_text()
+    out = {}
+    for name, d in tomllib.loads(text).items():
+        known = {k: d.pop(k) for k in list(d) if k in Target.__dataclass_fields__}
+        for k in ("formats", "power_modes", "sources"):
+            known[k] = tuple(known[k])
+        out[name] = Target(name=name, extra=d, **known)
+    return out
+
+
+TARGETS: dict[str, Target] = _load()
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise TargetError(f"unknown target '{name}'", hint=f"known targets: {', '.join(TARGETS)}") from None

@@ -1,0 +1,128 @@
+"""End-to-end CLI runs on a tiny model, and every listed bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cllm_compiler.cli.compile import main as compile_main
+from cllm_compiler.cli.eval import main as eval_main
+
+
+def _no_artifact(parent, name):
+    """Nothing at `name`, and no hidden partial folders left beside it."""
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_compile_end_to_end_prints_summary(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "art"
+    rc = compile_main([str(tiny_dir), "-t", "jetson-orin-nano-8gb", "-o", str(out), "--eval-windows", "1",
+                       "--seqlen", "256", "--dump-ir", str(tmp_path / "ir")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "bits/weight" in text and "PPL wikitext-2" in text and "KLD" in text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["target"] == "jetson-orin-nano-8gb" and rep["eval"]["compressed"]["windows"] == 1
+    assert rep["eval"]["compressed"]["kld_mean"] > 0 and rep["eval"]["reference"]["kld_mean"] == 0
+    assert all(t["sqnr_db"] > 5 for t in rep["tensors"] if t["mse"] is not None)
+    assert len(rep["timing"]["passes"]) == 3 and "estimated" in rep["estimates"]["label"]
+    assert sorted(p.name for p in (tmp_path / "ir").iterdir())[0].startswith("01-quant")
+    # An existing artifact is not overwritten without --force.
+    assert compile_main([str(tiny_dir), "-o", str(out), "--eval-windows", "0"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert compile_main([str(tiny_dir), "-o", str(out), "--eval-windows", "0", "--force"]) == 0
+
+
+def test_eval_cli_matches_manual_ppl(tiny_dir, tiny_artifact, tmp_path, capsys):
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from cllm_compiler.evaluate import tokenize, wikitext_text
+    from cllm_compiler.loading import load_model
+    rc = eval_main([str(tiny_artifact), "--reference", str(tiny_dir), "--seqlen", "128", "--max-windows", "2",
+                    "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    res = json.loads((tmp_path / "r.json").read_text())["results"]
+    ids = tokenize(load_model(tiny_dir).tokenizer, wikitext_text())
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        x = ids[:256].view(2, 128)
+        logits = hf(x).logits[:, :-1]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    assert res["reference"]["ppl"] == pytest.approx(math.exp(float(nll)), rel=1e-4)
+    assert res["reference"]["tokens_total"] == ids.numel() and res["reference"]["kld_mean"] == 0
+    art = res[str(tiny_artifact)]
+    assert art["kld_mean"] > 0 and 0 < art["top1_agree"] <= 1
+    assert json.loads((tiny_artifact / "report.json").read_text())["eval_runs"]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt-safetensors", "corrupt-gguf", "target", "pipeline",
+                                  "recipe", "unsupported"])
+def test_bad_inputs_give_one_clear_error_and_no_artifact(case, tiny_dir, tmp_path, capsys):
+    import shutil
+    model, extra = str(tiny_dir), []
+    if case == "missing":
+        model = str(tmp_path / "no-such-model")
+    elif case == "corrupt-safetensors":
+        d = tmp_path / "m"
+        shutil.copytree(tiny_dir, d)
+        (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+        model = str(d)
+    elif case == "corrupt-gguf":
+        (tmp_path / "m.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(64))
+        model = str(tmp_path / "m.gguf")
+    elif case == "target":
+        extra = ["-t", "pdp-11"]
+    elif case == "pipeline":
+        extra = ["-p", "quant{bits=4,,"]
+    elif case == "recipe":
+        (tmp_path / "r.yaml").write_text("pipeline: [ {quant: {bits: 4}\n")
+        extra = ["--recipe", str(tmp_path / "r.yaml")]
+    elif case == "unsupported":
+        d = tmp_path / "m"
+        shutil.copytree(tiny_dir, d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["architectures"] = ["FalconForCausalLM"]
+        (d / "config.json").write_text(json.dumps(cfg))
+        model = str(d)
+    out = tmp_path / "out"
+    rc = compile_main([model, "-o", str(out), "--eval-windows", "0", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("error: ") and lines[-1].startswith("hint: ") and "Traceback" not in err
+    assert sum(line.startswith("error: ") for line in lines) == 1
+    _no_artifact(tmp_path, "out")
+
+
+def test_disk_full_leaves_no_artifact(tiny_dir, tmp_path):
+    """A real write failure: the child may write at most 200 kB per file (RLIMIT_FSIZE)."""
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "from cllm_compiler.cli.compile import main\n"
+        f"sys.exit(main([{str(tiny_dir)!r}, '-o', {str(tmp_path / 'out')!r}, '--eval-windows', '0',"
+        " '-p', 'cast{dtype=f32}']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "no space left" in r.stderr and "Traceback" not in r.stderr
+    _no_artifact(tmp_path, "out")
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit) as e:
+        compile_main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "pipeline syntax" in text and "--target" in text and "examples" in text
+    assert compile_main(["--list-targets"]) == 0
+    assert "jetson-orin-nano-8gb" in capsys.readouterr().out
+    assert compile_main(["--list-passes"]) == 0
+    assert "entropy" in capsys.readouterr().out

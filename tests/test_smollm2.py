@@ -1,0 +1,50 @@
+"""Checks on the real default model (SmolLM2-135M-Instruct); `pytest -m slow`."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from cllm_compiler.default_model import default_model_path
+    try:
+        return default_model_path()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"default model not installed: {e}")
+
+
+def test_gguf_loader_matches_transformers(smol):
+    from transformers import AutoModelForCausalLM
+
+    from cllm_compiler.loading import load_model
+    m = load_model(smol)
+    assert m.num_params == 134_515_008 and m.config.num_layers == 30 and m.config.tie_word_embeddings
+    sd = AutoModelForCausalLM.from_pretrained(smol.parent, gguf_file=smol.name, dtype=torch.float32).state_dict()
+    for node in m:
+        assert torch.equal(node.rep.decode(), sd[node.name]), node.name
+
+
+def test_tokens_and_quick_ppl(smol):
+    """The shared README's reference numbers: 304,986 tokens; PPL 28.23 on 2 windows of 512."""
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.evaluate import evaluate, tokenize, wikitext_text
+    from cllm_compiler.loading import load_model
+    m = load_model(smol)
+    ids = tokenize(m.tokenizer, wikitext_text())
+    assert ids.numel() == 304_986
+    net = build_torch_model(m)
+    r = evaluate({"m": net}, ids, seqlen=512, max_windows=2)["m"]
+    assert r.ppl == pytest.approx(28.23, abs=0.01)
+
+
+def test_default_compile_q4_1_grid_is_lossless(smol, tmp_path):
+    """Float-min int4 g32 lands exactly on the wheel's Q4_1 grid: KLD 0 (the documented caveat)."""
+    from cllm_compiler.cli.compile import main
+    out = tmp_path / "a"
+    assert main([str(smol), "-o", str(out), "-p", "quant{bits=4,group=32,zero=float},entropy{codec=zstd}",
+                 "--eval-windows", "1", "--seqlen", "256"]) == 0
+    import json
+    ev = json.loads((out / "report.json").read_text())["eval"]
+    assert ev["compressed"]["kld_mean"] < 1e-6
+    assert ev["compressed"]["ppl"] == pytest.approx(ev["reference"]["ppl"], rel=1e-5)
