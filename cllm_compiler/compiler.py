@@ -62,6 +62,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
                   eval_windows: int = 0, seqlen: int = 2048, dump_ir: Path | None = None,
                   instruments: list[Instrument] | None = None,
                   on_step: Callable[[str], None] = lambda s: None,
+                  write_progress: Callable[[str], None] | None = None,
                   eval_progress: Callable[[int, int], None] | None = None) -> CompileResult:
     """Compile `model_path` for `target`; the artifact folder appears only when complete."""
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
         t_load = time.perf_counter() - t0
         stats = manager.run(model)
         on_step("writing model.cllm")
-        size = write_container(model, tmp / "model.cllm")
+        size = write_container(model, tmp / "model.cllm", progress=write_progress)
         t_compile = time.perf_counter() - t0
         report: dict[str, Any] = {
             "target": target.name, "backend": target.backend, "pipeline": pipeline_text(passes),

@@ -96,13 +96,15 @@ def _main(argv: list[str] | None) -> int:
     setup_threads()
     with progress() as prog:
         etask = prog.add_task("evaluate", total=args.eval_windows or 1, visible=False)
+        wtask = prog.add_task("write model.cllm", total=None, visible=False)
 
         def eval_progress(done: int, total: int) -> None:
             prog.update(etask, completed=done, total=total, visible=True)
         result = compile_model(model_path, target, passes, outdir, force=args.force,
                                eval_windows=args.eval_windows, seqlen=args.seqlen, dump_ir=args.dump_ir,
                                instruments=[_ProgressInstrument(prog)], on_step=step,
-                               eval_progress=eval_progress)
+                               eval_progress=eval_progress,
+                               write_progress=lambda name: prog.update(wtask, advance=1, visible=True))
     print_summary(result.report, result.out)
     console.print(f"[green]artifact written:[/] {result.out}", highlight=False)
     return 0
