@@ -28,6 +28,14 @@ def run(cmd: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, **kw)
 
 
+def _recompile(model: str, arts: dict[str, str]) -> None:
+    """Rewrite the artifacts with the current container (same passes, so the same weights)."""
+    for name, art in arts.items():
+        subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", model, "-p", PIPELINES[name],
+                        "-o", art, "--eval-windows", "0", "--force"], check=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -36,6 +44,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--work", type=Path, default=Path("bench/results/ppl_work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/ppl_table.json"))
+    ap.add_argument("--merge-only", action="store_true", help="merge existing shard outputs in --work")
     args = ap.parse_args()
     from cllm_compiler.default_model import default_model_path
     from cllm_compiler.evaluate import EvalResult, merge_results, tokenize, wikitext_text
@@ -45,15 +54,15 @@ def main() -> None:
     arts = {}
     for name, pipe in PIPELINES.items():
         art = args.work / name
-        if not (art / "model.cllm").exists():
+        if not (art / "model.cllm").exists() and not args.merge_only:
             subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", model, "-p", pipe, "-o", str(art),
                             "--eval-windows", "0", "--force"], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         arts[name] = str(art)
     ntok = tokenize(load_model(model).tokenizer, wikitext_text()).numel()
     total = min(ntok // args.seqlen, args.windows or 10**9)
     per = -(-total // args.shards)
-    procs = []
-    for s in range(args.shards):
+    procs: list = []
+    for s in range(args.shards if not args.merge_only else 0):
         first, n = s * per, min(per, total - s * per)
         if n <= 0:
             continue
@@ -65,10 +74,13 @@ def main() -> None:
     for _, p in procs:
         if p.wait() != 0:
             raise SystemExit("a shard failed")
+    shards = [s for s in range(args.shards) if (args.work / f"shard{s}.json").exists()]
+    if args.merge_only:
+        _recompile(model, arts)
     table = {}
     for name, art in [("reference", "reference"), *arts.items()]:
         parts = []
-        for s, _ in procs:
+        for s in shards:
             r = json.loads((args.work / f"shard{s}.json").read_text())["results"][art]
             z = np.load(args.work / f"shard{s}.npz")
             parts.append((EvalResult(**r), z[f"{art}:kld|kld"], z[f"{art}:kld|agree"]))
@@ -77,8 +89,7 @@ def main() -> None:
             table[name] = dict(merged.to_dict(), source_bytes=Path(model).stat().st_size)
             continue
         size = (Path(art) / "model.cllm").stat().st_size
-        from cllm_compiler.container import ContainerFile
-        params = ContainerFile(Path(art) / "model.cllm").header["num_params"]
+        params = json.loads((Path(art) / "report.json").read_text())["params"]
         table[name] = dict(merged.to_dict(), artifact_bytes=size, bits_per_weight=size * 8 / params,
                            delta_ppl_pct=100 * (merged.ppl / table["reference"]["ppl"] - 1), pipeline=PIPELINES[name])
     out = {"model": model, "seqlen": args.seqlen, "windows": total, "tokens_total": ntok, "results": table}

@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterator
 from .errors import OutputError
 
 
-def _os_error(e: OSError, path: Path) -> OutputError:
+def os_error(e: OSError, path: Path) -> OutputError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutputError(f"no space left while writing {path} ({os.strerror(e.errno)})",
                            hint="free disk space or choose another output folder with -o")
@@ -30,12 +30,33 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # make the rename itself durable
     except OSError as e:
         _unlink(tmp)
-        raise _os_error(e, path) from e
+        raise os_error(e, path) from e
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def clean_orphans(path: Path) -> None:
+    """Remove temp/spill files a killed writer left beside `path` (they never look complete)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.glob(f".{path.name}.*"):
+        if p.suffix in (".tmp", ".spill") and p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -61,7 +82,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     except OSError as e:
-        raise _os_error(e, path) from e
+        raise os_error(e, path) from e
     try:
         yield tmp
         old = None
@@ -74,7 +95,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _os_error(e, path) from e
+        raise os_error(e, path) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

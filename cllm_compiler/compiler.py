@@ -54,7 +54,9 @@ def tensor_table(model: Model, stats: list[PassStats]) -> list[dict[str, Any]]:
         q = quality.get(node.name)
         bits = node.rep.storage_bits()
         rows.append({"name": node.name, "shape": list(node.shape), "rep": node.rep.describe(), "bits": bits,
-                     "bpw": bits / node.numel, "mse": q.mse if q else None, "sqnr_db": q.sqnr_db if q else None})
+                     "bpw": bits / node.numel, "mse": q.mse if q else None,
+                     # lossless tensors have infinite SQNR; JSON has no Infinity, so null
+                     "sqnr_db": q.sqnr_db if q and q.sqnr_db != float("inf") else None})
     return rows
 
 

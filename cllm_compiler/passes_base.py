@@ -6,6 +6,7 @@ passes only transform tensors and return statistics.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
@@ -150,8 +151,8 @@ class Pass:
 
 
 def sqnr_stats(node: TensorNode, ref: torch.Tensor, new: torch.Tensor) -> TensorStats:
-    err = (new - ref).double()
-    mse = float(err.pow(2).mean())
-    sig = float(ref.double().pow(2).mean())
-    sqnr = 10.0 * torch.log10(torch.tensor(sig / mse)).item() if mse > 0 else float("inf")
-    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), mse, sqnr)
+    # In-place square + float64 accumulation: no double-precision copy of a 28M-entry embedding.
+    err = (new - ref).pow_(2).sum(dtype=torch.float64).item() / ref.numel()
+    sig = ref.pow(2).sum(dtype=torch.float64).item() / ref.numel()
+    sqnr = 10.0 * math.log10(sig / err) if err > 0 else float("inf")
+    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), err, sqnr)

@@ -7,7 +7,8 @@ float32 tensor on demand, and `to_record()` gives the exact bytes that go on dis
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+import hashlib
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def rep_from_record(kind: str, meta: dict[str, Any], buffers: Buffers,
                              hint=f"known: {', '.join(sorted(REPRESENTATIONS))}; a newer cllm may have written it")
     try:
         return cls.from_record(meta, buffers, shape)
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
         raise ContainerError(f"malformed '{kind}' record: {e}", tensor=tensor,
                              hint="the artifact is damaged; recompile it") from e
 
@@ -99,6 +100,11 @@ class Dense(Representation):
         raw = torch.frombuffer(bytearray(buffers["data"]), dtype=torch.uint8)
         data = raw.view(dt).reshape(shape)
         return cls(shape, meta["dtype"], data=data)
+
+    @classmethod
+    def specs_for(cls, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+        from .codecs import BufferSpec
+        return {"data": BufferSpec("float", DTYPES[meta["dtype"]][1], _numel(shape), meta["dtype"])}
 
     def describe(self) -> str:
         return self.dtype
@@ -171,6 +177,8 @@ class Quantized(Representation):
     def from_record(cls, meta: dict[str, Any], buffers: Buffers, shape: tuple[int, ...]) -> "Quantized":
         rows, cols = shape
         bits, group, ng = int(meta["bits"]), int(meta["group"]), int(meta["ngroups"])
+        if not (1 <= bits <= 8 and 1 <= group <= max(cols, 1)):
+            raise ValueError(f"bits {bits} / group {group} out of range")
         if ng != -(-cols // group):
             raise ValueError(f"ngroups {ng} does not match {cols} columns / group {group}")
         codes = packing.unpack(buffers["codes"], bits, rows * cols).reshape(rows, cols)
@@ -181,6 +189,18 @@ class Quantized(Representation):
         elif not meta["sym"]:
             zeros = packing.unpack(buffers["zeros"], bits, rows * ng).reshape(rows, ng)
         return cls(codes, scales, zeros, bits, group, mins)
+
+    @classmethod
+    def specs_for(cls, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+        from .codecs import BufferSpec
+        bits, ng = int(meta["bits"]), int(meta["ngroups"])
+        rows, cols = shape
+        specs = {"codes": BufferSpec("codes", bits, rows * cols), "scales": BufferSpec("float", 16, rows * ng, "f16")}
+        if meta.get("zero") == "float":
+            specs["mins"] = BufferSpec("float", 16, rows * ng, "f16")
+        elif not meta["sym"]:
+            specs["zeros"] = BufferSpec("codes", bits, rows * ng)
+        return specs
 
     def describe(self) -> str:
         kind = " sym" if self.symmetric else (" fmin" if self.mins is not None else "")
@@ -193,47 +213,101 @@ class Encoded(Representation):
 
     kind = "encoded"
 
-    def __init__(self, inner_kind: str, inner_meta: dict[str, Any],
-                 payload: dict[str, tuple[str, int, bytes]], shape: tuple[int, ...]) -> None:
-        # payload: buffer name -> (codec name, decoded length, encoded bytes)
+    def __init__(self, inner_kind: str, inner_meta: dict[str, Any], payload: dict[str, "Coded"],
+                 shape: tuple[int, ...]) -> None:
         self.inner_kind, self.inner_meta, self.payload, self.shape = inner_kind, inner_meta, payload, shape
 
     @classmethod
     def wrap(cls, inner: Representation, shape: tuple[int, ...],
-             choose: Callable[[str, bytes], tuple[str, bytes]]) -> "Encoded":
+             choose: Callable[[str, bytes, Any], "Coded"]) -> "Encoded":
         meta, bufs = inner.to_record()
-        payload = {}
-        for name, raw in bufs.items():
-            codec, data = choose(name, raw)
-            payload[name] = (codec, len(raw), data)
+        specs = specs_of(inner.kind, meta, shape)
+        payload = {name: choose(name, raw, specs.get(name)) for name, raw in bufs.items()}
         return cls(inner.kind, meta, payload, shape)
 
     def inner(self) -> Representation:
-        from .codecs import get_codec  # deferred: keeps import order simple
+        from .codecs import BufferSpec, get_codec
+        specs = specs_of(self.inner_kind, self.inner_meta, self.shape)
+        from .errors import CodecError
         raw = {}
-        for name, (codec, length, data) in self.payload.items():
-            raw[name] = get_codec(codec).decode(data, length)
+        for name, c in self.payload.items():
+            raw[name] = get_codec(c.codec).decode(c.data, c.raw_len, specs.get(name, BufferSpec()), c.params)
+            if c.raw_sha256 and hashlib.sha256(raw[name]).hexdigest() != c.raw_sha256:
+                raise CodecError(f"buffer '{name}' decodes to bytes that fail their sha256",
+                                 hint="the artifact is corrupt; recompile it")
         return rep_from_record(self.inner_kind, self.inner_meta, raw, self.shape)
 
     def decode(self) -> torch.Tensor:
         return self.inner().decode()
 
     def storage_bits(self) -> int:
-        return 8 * sum(len(d) for _, _, d in self.payload.values())
+        return 8 * sum(len(c.data) for c in self.payload.values())
 
     def to_record(self) -> tuple[dict[str, Any], Buffers]:
         meta = {"inner": self.inner_kind, "inner_meta": self.inner_meta,
-                "codecs": {n: {"codec": c, "raw_len": ln} for n, (c, ln, _) in self.payload.items()}}
-        return meta, {n: d for n, (_, _, d) in self.payload.items()}
+                "codecs": {n: {"codec": c.codec, "raw_len": c.raw_len, "params": c.params}
+                           for n, c in self.payload.items()}}
+        return meta, {n: c.data for n, c in self.payload.items()}
 
     @classmethod
     def from_record(cls, meta: dict[str, Any], buffers: Buffers, shape: tuple[int, ...]) -> "Encoded":
-        payload = {n: (c["codec"], int(c["raw_len"]), buffers[n]) for n, c in meta["codecs"].items()}
+        payload = {n: Coded(c["codec"], int(c["raw_len"]), buffers[n], dict(c.get("params", {})))
+                   for n, c in meta["codecs"].items()}
+        if meta["inner"] == cls.kind:
+            raise ValueError("an encoded tensor cannot wrap another encoded tensor")
         return cls(meta["inner"], meta["inner_meta"], payload, shape)
+
+    def entropy_bits(self) -> float | None:
+        """Order-0 entropy of the codes (bits/index) when a frequency table is stored."""
+        from .codecs.rans import FrequencyTable
+        c = self.payload.get("codes")
+        if c is None or "freq" not in c.params:
+            return None
+        return FrequencyTable(tuple(c.params["freq"])).entropy_bits()
 
     def describe(self) -> str:
         inner = REPRESENTATIONS[self.inner_kind]
-        codecs = sorted({c for c, _, _ in self.payload.values()})
+        codecs = sorted({c.codec for c in self.payload.values()})
         base = (f"int{self.inner_meta['bits']} g{self.inner_meta['group']}" if inner is Quantized
                 else self.inner_meta.get("dtype", self.inner_kind))
         return f"{base} + {'/'.join(codecs)}"
+
+
+class Coded(NamedTuple):
+    codec: str
+    raw_len: int
+    data: bytes
+    params: dict[str, Any]
+    raw_sha256: str = ""  # of the decoded bytes; checked after the codec runs
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def specs_of(kind: str, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    cls = REPRESENTATIONS.get(kind)
+    fn = getattr(cls, "specs_for", None)
+    return fn(meta, shape) if fn else {}
+
+
+def coded_buffers(rep: Representation) -> tuple[str, dict[str, Any], dict[str, Coded]]:
+    """A representation as (kind, meta, coded buffers): what the container stores per tensor."""
+    if isinstance(rep, Encoded):
+        return rep.inner_kind, rep.inner_meta, dict(rep.payload)
+    meta, bufs = rep.to_record()
+    return rep.kind, meta, {n: Coded("raw", len(b), b, {}, hashlib.sha256(b).hexdigest()) for n, b in bufs.items()}
+
+
+def rep_from_coded(kind: str, meta: dict[str, Any], coded: dict[str, Coded], shape: tuple[int, ...],
+                   tensor: str = "?") -> Representation:
+    """Inverse of `coded_buffers`; raw-only tensors come back as their plain representation."""
+    if kind == Encoded.kind or kind not in REPRESENTATIONS:
+        raise ContainerError(f"unknown representation '{kind}'", tensor=tensor,
+                             hint=f"known: {', '.join(sorted(set(REPRESENTATIONS) - {Encoded.kind}))}")
+    if all(c.codec == "raw" for c in coded.values()):
+        return rep_from_record(kind, meta, {n: c.data for n, c in coded.items()}, shape, tensor)
+    return Encoded(kind, meta, coded, shape)

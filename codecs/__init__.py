@@ -1,24 +1,40 @@
 """Byte codecs for tensor payloads, registered by name (`cllm_compiler.codecs`).
 
-A codec turns a buffer into bytes and back; `decode` is told the decoded length so that a
-damaged payload cannot make it allocate without bound. Issue 3 adds rANS and N:M masks.
+A codec turns one buffer of a representation into bytes and back. It is told what the
+buffer holds (`BufferSpec`: packed integer codes, floats, or opaque bytes), may return
+small parameters that go into the container header (e.g. a frequency table), and on
+decode is told the decoded length so a damaged payload cannot make it allocate without bound.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..errors import CodecError
 
 CODECS: dict[str, "Codec"] = {}
 
 
+@dataclass(frozen=True)
+class BufferSpec:
+    """What a buffer holds: 'codes' (count symbols of `bits` bits, bit-packed), 'float' or 'bytes'."""
+
+    kind: str = "bytes"
+    bits: int = 8
+    count: int = 0
+    dtype: str = ""
+
+
 class Codec:
     name: ClassVar[str] = ""
 
-    def encode(self, data: bytes) -> bytes:
+    def applicable(self, spec: BufferSpec) -> bool:
+        return True
+
+    def encode(self, data: bytes, spec: BufferSpec) -> tuple[bytes, dict[str, Any]]:
         raise NotImplementedError
 
-    def decode(self, data: bytes, raw_len: int) -> bytes:
+    def decode(self, data: bytes, raw_len: int, spec: BufferSpec, params: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
 
@@ -36,4 +52,23 @@ def get_codec(name: str) -> Codec:
         raise CodecError(f"unknown codec '{name}'", hint=f"known codecs: {', '.join(sorted(CODECS))}") from None
 
 
-from . import raw, zstd  # noqa: E402,F401  (registers the built-in codecs)
+def encode_best(data: bytes, spec: BufferSpec, names: tuple[str, ...]) -> tuple[str, bytes, dict[str, Any], dict[str, int]]:
+    """Encode with each applicable codec in `names` (plus raw); keep the smallest.
+
+    Returns (codec, payload, params, sizes tried) so the choice can be reported.
+    """
+    tried: dict[str, int] = {}
+    best: tuple[str, bytes, dict[str, Any]] | None = None
+    for name in dict.fromkeys((*names, "raw")):
+        codec = get_codec(name)
+        if not codec.applicable(spec):
+            continue
+        payload, params = codec.encode(data, spec)
+        tried[name] = len(payload)
+        if best is None or len(payload) < len(best[1]):
+            best = (name, payload, params)
+    assert best is not None  # raw always applies
+    return (*best, tried)
+
+
+from . import rans, raw, zstd  # noqa: E402,F401  (registers the built-in codecs)

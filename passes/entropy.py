@@ -1,45 +1,46 @@
-"""`entropy`: pass every tensor's buffers through a byte codec, keeping the smaller result.
+"""`entropy`: pass every tensor's buffers through byte codecs, keeping the smallest result.
 
-With codec=zstd a buffer that zstd does not shrink is stored raw, and the choice is
-recorded per tensor in the pass notes. Issue 3 adds rANS on the codes themselves.
+codec=auto tries every applicable codec (rans on integer codes, zstd with float byte
+grouping, raw) per buffer and keeps the smallest; naming one codec restricts the choice to
+it (and raw, which always applies). Each choice and the sizes tried go to the pass notes.
 """
 from __future__ import annotations
 
-from ..codecs import get_codec
+import hashlib
+
+from ..codecs import BufferSpec, encode_best
 from ..ir import Model
 from ..passes_base import Param, Pass, PassStats, TensorStats, register_pass
-from ..reprs import Encoded
+from ..reprs import Coded, Encoded
+
+CHOICES = {"auto": ("rans", "zstd"), "rans": ("rans",), "zstd": ("zstd",), "raw": ("raw",)}
 
 
 @register_pass
 class EntropyPass(Pass):
     name = "entropy"
-    help = "entropy-code tensor payloads (zstd for now; smaller of codec and raw per buffer)"
-    params = (
-        Param("codec", str, "zstd", "byte codec", choices=("zstd", "raw")),
-        Param("level", int, 9, "zstd level (1-22); 19 gains ~1% on 4-bit codes at ~5x the time",
-              check=lambda v: 1 <= v <= 22),
-    )
+    help = "entropy-code tensor payloads (auto = smallest of rans / zstd / raw per buffer)"
+    params = (Param("codec", str, "auto", "codec to use", choices=tuple(CHOICES)),)
     provides = frozenset({"entropy"})
     default_match = "all"
 
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())
-        codec = get_codec(self.args["codec"])
         for node in self.each(model):
             if isinstance(node.rep, Encoded):
                 continue
             before = node.rep.storage_bits()
             chosen: list[str] = []
 
-            def choose(buf: str, raw: bytes) -> tuple[str, bytes]:
-                enc = codec.encode(raw, self.args["level"]) if codec.name == "zstd" else codec.encode(raw)
-                pick = (codec.name, enc) if len(enc) < len(raw) else ("raw", raw)
-                chosen.append(f"{buf}:{pick[0]}")
-                return pick
+            def choose(buf: str, raw: bytes, spec: BufferSpec | None) -> Coded:
+                name, data, params, tried = encode_best(raw, spec or BufferSpec(), CHOICES[self.args["codec"]])
+                chosen.append(f"{buf}:{name} ({', '.join(f'{k} {v}' for k, v in tried.items())})")
+                return Coded(name, len(raw), data, params, hashlib.sha256(raw).hexdigest())
 
             node.rep = Encoded.wrap(node.rep, node.shape, choose)
             after = node.rep.storage_bits()
             stats.tensors.append(TensorStats(node.name, node.numel, after, node.rep.describe()))
-            stats.notes.append(f"{node.name}: {' '.join(chosen)} {before // 8} -> {after // 8} bytes")
+            ent = node.rep.entropy_bits()
+            stats.notes.append(f"{node.name}: {before // 8} -> {after // 8} bytes; " + "; ".join(chosen)
+                               + (f"; codes entropy {ent:.4f} bits/index" if ent is not None else ""))
         return stats

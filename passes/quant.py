@@ -24,8 +24,20 @@ def group_size(value: object) -> int:
     return g
 
 
+_ROW_BLOCK = 4096  # rows per step: bounds temporaries for 50k-row embeddings to ~10x one block
+
+
 def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int") -> Quantized:
     """Quantize a 2-D float tensor; the returned codes decode with `Quantized.decode`."""
+    parts = [_quantize_block(w[r:r + _ROW_BLOCK], bits, group, sym, zero) for r in range(0, w.shape[0], _ROW_BLOCK)]
+    if len(parts) == 1:
+        return parts[0]
+    cat = (lambda xs: None if xs[0] is None else np.concatenate(xs))
+    return Quantized(np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
+                     cat([p.zeros for p in parts]), bits, parts[0].group, cat([p.mins for p in parts]))
+
+
+def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str) -> Quantized:
     rows, cols = w.shape
     g = group or cols
     ngroups = -(-cols // g)

@@ -65,3 +65,15 @@ def test_storage_bits_match_record_bytes():
         assert q.storage_bits() == 8 * sum(len(b) for b in bufs.values())
         back = Quantized.from_record(meta, bufs, tuple(w.shape))
         assert torch.equal(back.decode(), q.decode())
+
+
+@pytest.mark.parametrize("kw", [{}, {"sym": True}, {"zero": "float"}])
+def test_row_blocking_is_invisible(monkeypatch, kw):
+    import cllm_compiler.passes.quant as quant
+    w = _w(rows=70, cols=200)
+    args = (w, 4, 64, kw.get("sym", False), kw.get("zero", "int"))
+    whole = quant.quantize_rtn(*args)
+    monkeypatch.setattr(quant, "_ROW_BLOCK", 16)
+    blocked = quant.quantize_rtn(*args)
+    assert np.array_equal(whole.codes, blocked.codes) and np.array_equal(whole.scales, blocked.scales)
+    assert torch.equal(whole.decode(), blocked.decode())

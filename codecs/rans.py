@@ -1,0 +1,86 @@
+"""`rans`: asymmetric numeral systems on quantization indices, via `constriction`.
+
+The probability model is an order-0 frequency table per buffer (integer counts, stored in
+the container header). `FrequencyTable` is public: training (issue 8) uses the same model
+for its code-length penalty, so the bits it optimises are the bits on disk.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import BufferSpec, Codec, register_codec
+from .. import packing
+from ..errors import CodecError
+
+
+@dataclass(frozen=True)
+class FrequencyTable:
+    """Counts of each of 2^bits symbols; the model is p(s) = counts[s] / sum(counts)."""
+
+    counts: tuple[int, ...]
+
+    @classmethod
+    def from_symbols(cls, symbols: np.ndarray, bits: int) -> "FrequencyTable":
+        return cls(tuple(int(c) for c in np.bincount(symbols.reshape(-1), minlength=1 << bits)))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def probabilities(self) -> np.ndarray:
+        c = np.asarray(self.counts, dtype=np.float64)
+        return c / c.sum()
+
+    def entropy_bits(self) -> float:
+        """Empirical order-0 entropy, bits per symbol."""
+        t = self.total
+        return -sum(c / t * math.log2(c / t) for c in self.counts if c) if t else 0.0
+
+    def code_length_bits(self, symbols: np.ndarray) -> float:
+        """Ideal code length of `symbols` under this model (the rate a training penalty uses)."""
+        p = self.probabilities()
+        with np.errstate(divide="ignore"):
+            return float(-np.log2(p[symbols.reshape(-1)]).sum())
+
+    def model(self):
+        import constriction
+        return constriction.stream.model.Categorical(self.probabilities(), perfect=False)
+
+
+@register_codec
+class RansCodec(Codec):
+    name = "rans"
+
+    def applicable(self, spec: BufferSpec) -> bool:
+        return spec.kind == "codes" and 1 <= spec.bits <= 8 and spec.count > 0
+
+    def encode(self, data: bytes, spec: BufferSpec) -> tuple[bytes, dict[str, Any]]:
+        import constriction
+        symbols = packing.unpack(data, spec.bits, spec.count)
+        table = FrequencyTable.from_symbols(symbols, spec.bits)
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(symbols.astype(np.int32), table.model())
+        words = coder.get_compressed().astype("<u4")
+        return words.tobytes(), {"freq": list(table.counts)}
+
+    def decode(self, data: bytes, raw_len: int, spec: BufferSpec, params: dict[str, Any]) -> bytes:
+        import constriction
+        counts = params.get("freq")
+        if (not isinstance(counts, list) or len(counts) != 1 << spec.bits
+                or not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != spec.count):
+            raise CodecError("rans frequency table is malformed or does not match the symbol count")
+        if len(data) % 4 or raw_len != packing.packed_nbytes(spec.count, spec.bits):
+            raise CodecError("rans payload length is inconsistent")
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        try:
+            coder = constriction.stream.stack.AnsCoder(words)
+            symbols = coder.decode(FrequencyTable(tuple(counts)).model(), spec.count)
+        except Exception as e:  # constriction raises ValueError/AssertionError on bad streams
+            raise CodecError(f"rans stream does not decode: {e}") from e
+        if int(np.max(symbols, initial=0)) >> spec.bits or not coder.is_empty():
+            raise CodecError("rans stream decodes to symbols outside the table or leaves data over")
+        return packing.pack(symbols.astype(np.uint8), spec.bits)
