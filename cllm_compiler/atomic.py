@@ -39,6 +39,29 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Like atomic_file, for writers that open files by name (gguf-py, safetensors)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        _unlink(tmp)
+        raise os_error(e, path) from e
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
 def clean_orphans(path: Path) -> None:
     """Remove temp/spill files a killed writer left beside `path` (they never look complete)."""
     path = Path(path)

@@ -53,12 +53,21 @@ def write_container(model: Model, path: Path, progress: Callable[[str], None] | 
             records, tok, off = _write_payload(model, f, progress)
         header = canonical({"format": "cllm", "version": VERSION, "config": schema.config_to_json(model.config),
                             "tokenizer": tok, "tensors": records, "payload_length": off,
-                            "num_params": model.num_params, "source": model.source})
+                            "num_params": model.num_params, "source": portable_source(model.source)})
         return _assemble(path, header, spill)
     except OSError as e:
         raise os_error(e, path) from e
     finally:
         spill.unlink(missing_ok=True)
+
+
+def portable_source(source: dict[str, Any]) -> dict[str, Any]:
+    """What the container records of the source: its hash and file name, never a local path,
+    so the same model compiled from two folders gives the same bytes (the manifest has the path)."""
+    out = {k: source[k] for k in ("format", "sha256") if k in source}
+    if source.get("path"):
+        out["name"] = Path(source["path"]).name
+    return out
 
 
 def _write_payload(model: Model, f: Any, progress: Callable[[str], None] | None) -> tuple[list, dict | None, int]:

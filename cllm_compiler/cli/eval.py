@@ -46,7 +46,7 @@ def _main(argv: list[str] | None) -> int:
     from ..loading import load_model
     setup_threads()
     models = {m: load_model(m) for m in args.models}
-    ref_path = args.reference or _recorded_source(models[args.models[0]])
+    ref_path = args.reference or _recorded_source(args.models[0])
     nets = {}
     step(f"building {len(models)} model(s){' + reference ' + ref_path if ref_path else ''}")
     ref_net = build_torch_model(load_model(ref_path)) if ref_path else None
@@ -78,9 +78,13 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _recorded_source(model) -> str | None:
-    p = model.source.get("path")
-    return p if model.source.get("artifact") and p and Path(p).exists() else None
+def _recorded_source(artifact: str) -> str | None:
+    """The source path from the artifact folder's manifest, if that file still exists."""
+    man = Path(artifact) / "manifest.json"
+    if not man.exists():
+        return None
+    p = json.loads(man.read_text()).get("source", {}).get("path")
+    return p if p and Path(p).exists() else None
 
 
 def _print(results: dict, ref_path: str | None) -> None:
