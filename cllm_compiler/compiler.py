@@ -7,12 +7,13 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import __version__
 from .atomic import atomic_dir, write_bytes
 from .container import read_container, write_container
-from .ir import Model
+from .reprs import Representation
+from .ir import Model, TensorNode
 from .loading import file_sha256, load_model
 from .passes_base import Pass, PassStats
 from .passmanager import Instrument, IRDumpInstrument, PassManager, TimingInstrument
@@ -47,17 +48,54 @@ def source_size(path: str | None) -> int | None:
     return sum(f.stat().st_size for f in p.glob("*.safetensors")) or None
 
 
-def tensor_table(model: Model, stats: list[PassStats]) -> list[dict[str, Any]]:
+def tensor_row(node: TensorNode) -> dict[str, Any]:
+    bits = node.rep.storage_bits()
+    return {"name": node.name, "shape": list(node.shape), "rep": node.rep.describe(), "bits": bits,
+            "bpw": bits / node.numel}
+
+
+def tensor_table(rows: list[dict[str, Any]], stats: list[PassStats]) -> list[dict[str, Any]]:
     quality = {t.name: t for s in stats for t in s.tensors if t.mse is not None}
-    rows = []
-    for node in model:
-        q = quality.get(node.name)
-        bits = node.rep.storage_bits()
-        rows.append({"name": node.name, "shape": list(node.shape), "rep": node.rep.describe(), "bits": bits,
-                     "bpw": bits / node.numel, "mse": q.mse if q else None,
-                     # lossless tensors have infinite SQNR; JSON has no Infinity, so null
-                     "sqnr_db": q.sqnr_db if q and q.sqnr_db != float("inf") else None})
+    for row in rows:
+        q = quality.get(row["name"])
+        row["mse"] = q.mse if q else None
+        # lossless tensors have infinite SQNR; JSON has no Infinity, so null
+        row["sqnr_db"] = q.sqnr_db if q and q.sqnr_db != float("inf") else None
     return rows
+
+
+class Released(Representation):
+    """Placeholder for a tensor already written to disk by a streaming compile."""
+
+    kind = "released"
+
+    def __init__(self, describe: str, bits: int) -> None:
+        self._describe, self._bits = describe, bits
+
+    def storage_bits(self) -> int:
+        return self._bits
+
+    def describe(self) -> str:
+        return self._describe
+
+
+def compress_and_write(manager: PassManager, model: Model, path: Path,
+                       progress: Callable[[str], None] | None) -> tuple[int, list[PassStats], list[dict[str, Any]]]:
+    """Run the pipeline and write the container; streams tensor by tensor when every pass is local."""
+    stats: list[PassStats] = []
+    rows: list[dict[str, Any]] = []
+    if not manager.streamable:
+        stats = manager.run(model)
+        size = write_container(model, path, progress=progress)
+        return size, stats, [tensor_row(n) for n in model]
+
+    def streamed() -> Iterator[TensorNode]:
+        for node in manager.stream(model, stats):
+            yield node  # the writer stores it before asking for the next one
+            rows.append(tensor_row(node))
+            node.rep = Released(rows[-1]["rep"], rows[-1]["bits"])
+    size = write_container(model, path, progress=progress, nodes=streamed())
+    return size, stats, rows
 
 
 def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Path, *, force: bool = False,
@@ -77,9 +115,8 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
         model = load_model(model_path)
         source_reps = {n.name: n.rep for n in model}  # lazy handles, no dense copies
         t_load = time.perf_counter() - t0
-        stats = manager.run(model)
-        on_step("writing model.cllm")
-        size = write_container(model, tmp / "model.cllm", progress=write_progress)
+        on_step("compressing and writing model.cllm")
+        size, stats, rows = compress_and_write(manager, model, tmp / "model.cllm", write_progress)
         t_compile = time.perf_counter() - t0
         report: dict[str, Any] = {
             "target": target.name, "backend": target.backend, "pipeline": pipeline_text(passes),
@@ -91,7 +128,8 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "lowering": _lowering_note(target),
             "estimates": {"decode_tokens_per_s_bandwidth_bound": target.decode_tokens_per_s_estimate(size),
                           "label": "estimated: target bandwidth / artifact bytes (roofline, no measurement)"},
-            "tensors": tensor_table(model, stats), "notes": [n for s in stats for n in s.notes],
+            "streamed": manager.streamable,
+            "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")

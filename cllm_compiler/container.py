@@ -17,7 +17,7 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import container_schema as schema
 from .atomic import atomic_file, clean_orphans, os_error
@@ -39,18 +39,20 @@ def _pad(n: int) -> int:
     return (-n) % ALIGN
 
 
-def write_container(model: Model, path: Path, progress: Callable[[str], None] | None = None) -> int:
+def write_container(model: Model, path: Path, progress: Callable[[str], None] | None = None,
+                    nodes: Iterable[TensorNode] | None = None) -> int:
     """Write `model` atomically, tensor by tensor through a spill file; return the file size.
 
     The payload goes to a spill file first because the header (which needs every offset)
-    precedes it; memory stays bounded by one tensor.
+    precedes it; memory stays bounded by one tensor. `nodes` (default: the model's tensors)
+    may be a generator that compresses each tensor just before it is written.
     """
     path = Path(path)
     clean_orphans(path)
     spill = path.with_name(f".{path.name}.{os.getpid()}.spill")
     try:
         with open(spill, "wb") as f:
-            records, tok, off = _write_payload(model, f, progress)
+            records, tok, off = _write_payload(model, nodes if nodes is not None else model, f, progress)
         header = canonical({"format": "cllm", "version": VERSION, "config": schema.config_to_json(model.config),
                             "tokenizer": tok, "tensors": records, "payload_length": off,
                             "num_params": model.num_params, "source": portable_source(model.source)})
@@ -70,7 +72,8 @@ def portable_source(source: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_payload(model: Model, f: Any, progress: Callable[[str], None] | None) -> tuple[list, dict | None, int]:
+def _write_payload(model: Model, nodes: Iterable[TensorNode], f: Any,
+                   progress: Callable[[str], None] | None) -> tuple[list, dict | None, int]:
     import zstandard
     records: list[dict[str, Any]] = []
     off = 0
@@ -84,7 +87,7 @@ def _write_payload(model: Model, f: Any, progress: Callable[[str], None] | None)
         off += len(data)
         return start
 
-    for node in model:
+    for node in nodes:
         schema.check_name(node.name)
         kind, meta, coded = coded_buffers(node.rep)
         bufs = []

@@ -46,6 +46,7 @@ class TensorStats:
 @dataclass
 class PassStats:
     name: str
+    seconds: float = 0.0
     tensors: list[TensorStats] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -141,8 +142,20 @@ class Pass:
     def count(self, model: Model) -> int:
         return sum(1 for n in model if self.matches(n))
 
-    def run(self, model: Model) -> PassStats:
+    def apply(self, node: TensorNode, stats: PassStats) -> None:
+        """Transform one matched tensor. Passes that need the whole model override `run`."""
         raise NotImplementedError
+
+    @property
+    def local(self) -> bool:
+        """True when the pass works tensor by tensor (so the manager may stream the model)."""
+        return type(self).run is Pass.run
+
+    def run(self, model: Model) -> PassStats:
+        stats = PassStats(self.spec())
+        for node in self.each(model):
+            self.apply(node, stats)
+        return stats
 
     def spec(self) -> str:
         """Canonical pipeline text for this pass (all parameters, for the manifest)."""

@@ -8,12 +8,12 @@ import json
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 
 from .errors import PassError
-from .ir import Model
+from .ir import Model, TensorNode
 from .passes_base import Pass, PassStats
 
 
@@ -24,18 +24,14 @@ class Instrument:
 
 
 class TimingInstrument(Instrument):
-    """Wall time, current RSS after the pass and peak RSS so far, per pass."""
+    """Seconds spent in each pass (measured by the manager), RSS after it and peak RSS so far."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
-        self._t0 = 0.0
-
-    def before_pass(self, p: Pass, model: Model) -> None:
-        self._t0 = time.perf_counter()
 
     def after_pass(self, p: Pass, model: Model, stats: PassStats) -> None:
         self.records.append({
-            "pass": p.spec(), "seconds": round(time.perf_counter() - self._t0, 3),
+            "pass": p.spec(), "seconds": round(stats.seconds, 3),
             "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
 
@@ -72,12 +68,44 @@ class PassManager:
             have |= p.provides
 
     def run(self, model: Model) -> list[PassStats]:
+        """Run each pass over the whole model, one pass after another."""
         results = []
         for p in self.passes:
             for ins in self.instruments:
                 ins.before_pass(p, model)
+            t0 = time.perf_counter()
             stats = p.run(model)
+            stats.seconds = time.perf_counter() - t0
             for ins in self.instruments:
                 ins.after_pass(p, model, stats)
             results.append(stats)
         return results
+
+    @property
+    def streamable(self) -> bool:
+        return all(p.local for p in self.passes) and not any(
+            isinstance(i, IRDumpInstrument) for i in self.instruments)
+
+    def stream(self, model: Model, results: list[PassStats]) -> Iterator[TensorNode]:
+        """Run the whole pipeline on one tensor at a time, yielding each finished tensor.
+
+        Only for local passes: memory then holds one tensor's work, not the whole model's.
+        `results` receives one PassStats per pass; instruments see every pass start before
+        the first tensor and end after the last.
+        """
+        results.extend(PassStats(p.spec()) for p in self.passes)
+        for p in self.passes:
+            for ins in self.instruments:
+                ins.before_pass(p, model)
+        for node in list(model):
+            for p, stats in zip(self.passes, results):
+                if p.matches(node):
+                    t0 = time.perf_counter()
+                    p.apply(node, stats)
+                    stats.seconds += time.perf_counter() - t0
+                    if p.on_tensor is not None:
+                        p.on_tensor(node.name)
+            yield node
+        for p, stats in zip(self.passes, results):
+            for ins in self.instruments:
+                ins.after_pass(p, model, stats)

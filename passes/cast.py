@@ -1,7 +1,7 @@
 """`cast`: store dense tensors as f16, bf16 or f32 (e.g. embeddings left unquantized)."""
 from __future__ import annotations
 
-from ..ir import Model
+from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, register_pass, sqnr_stats
 from ..reprs import Dense
 
@@ -13,15 +13,12 @@ class CastPass(Pass):
     params = (Param("dtype", str, "f16", "storage dtype", choices=("f16", "bf16", "f32")),)
     default_match = "embed|lm_head|linear"
 
-    def run(self, model: Model) -> PassStats:
-        stats = PassStats(self.spec())
-        for node in self.each(model):
-            if not isinstance(node.rep, Dense):
-                continue
-            ref = node.rep.decode()
-            node.rep = Dense(node.shape, self.args["dtype"], data=ref.to(_torch_dtype(self.args["dtype"])))
-            stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
-        return stats
+    def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if not isinstance(node.rep, Dense):
+            return
+        ref = node.rep.decode()
+        node.rep = Dense(node.shape, self.args["dtype"], data=ref.to(_torch_dtype(self.args["dtype"])))
+        stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
 
 
 def _torch_dtype(name: str):

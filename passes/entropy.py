@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from ..codecs import BufferSpec, encode_best
-from ..ir import Model
+from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, TensorStats, register_pass
 from ..reprs import Coded, Encoded
 
@@ -24,23 +24,20 @@ class EntropyPass(Pass):
     provides = frozenset({"entropy"})
     default_match = "all"
 
-    def run(self, model: Model) -> PassStats:
-        stats = PassStats(self.spec())
-        for node in self.each(model):
-            if isinstance(node.rep, Encoded):
-                continue
-            before = node.rep.storage_bits()
-            chosen: list[str] = []
+    def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if isinstance(node.rep, Encoded):
+            return
+        before = node.rep.storage_bits()
+        chosen: list[str] = []
 
-            def choose(buf: str, raw: bytes, spec: BufferSpec | None) -> Coded:
-                name, data, params, tried = encode_best(raw, spec or BufferSpec(), CHOICES[self.args["codec"]])
-                chosen.append(f"{buf}:{name} ({', '.join(f'{k} {v}' for k, v in tried.items())})")
-                return Coded(name, len(raw), data, params, hashlib.sha256(raw).hexdigest())
+        def choose(buf: str, raw: bytes, spec: BufferSpec | None) -> Coded:
+            name, data, params, tried = encode_best(raw, spec or BufferSpec(), CHOICES[self.args["codec"]])
+            chosen.append(f"{buf}:{name} ({', '.join(f'{k} {v}' for k, v in tried.items())})")
+            return Coded(name, len(raw), data, params, hashlib.sha256(raw).hexdigest())
 
-            node.rep = Encoded.wrap(node.rep, node.shape, choose)
-            after = node.rep.storage_bits()
-            stats.tensors.append(TensorStats(node.name, node.numel, after, node.rep.describe()))
-            ent = node.rep.entropy_bits()
-            stats.notes.append(f"{node.name}: {before // 8} -> {after // 8} bytes; " + "; ".join(chosen)
-                               + (f"; codes entropy {ent:.4f} bits/index" if ent is not None else ""))
-        return stats
+        node.rep = Encoded.wrap(node.rep, node.shape, choose)
+        after = node.rep.storage_bits()
+        stats.tensors.append(TensorStats(node.name, node.numel, after, node.rep.describe()))
+        ent = node.rep.entropy_bits()
+        stats.notes.append(f"{node.name}: {before // 8} -> {after // 8} bytes; " + "; ".join(chosen)
+                           + (f"; codes entropy {ent:.4f} bits/index" if ent is not None else ""))

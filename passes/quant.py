@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import PassError
-from ..ir import Model
+from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, register_pass, sqnr_stats
 from ..reprs import Quantized
 
@@ -85,21 +85,17 @@ class QuantPass(Pass):
     )
     provides = frozenset({"quantized"})
 
-    def run(self, model: Model) -> PassStats:
-        stats = PassStats(self.spec())
-        for node in self.each(model):
-            if node.rep.kind != "dense":
-                stats.notes.append(f"{node.name}: already {node.rep.describe()}, left as is")
-                continue
-            if len(node.shape) != 2:
-                raise PassError(f"cannot quantize a {len(node.shape)}-D tensor", tensor=node.name,
-                                hint="add it to skip= or narrow match=")
-            ref = node.rep.decode()
-            if not torch.isfinite(ref).all():
-                raise PassError("weights contain NaN or Inf", tensor=node.name, hint="the checkpoint is damaged")
-            node.rep = quantize_rtn(ref, self.args["bits"], self.args["group"], self.args["sym"],
-                                    self.args["zero"])
-            if not np.isfinite(node.rep.scales).all():  # type: ignore[attr-defined]
-                raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
-            stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
-        return stats
+    def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if node.rep.kind != "dense":
+            stats.notes.append(f"{node.name}: already {node.rep.describe()}, left as is")
+            return
+        if len(node.shape) != 2:
+            raise PassError(f"cannot quantize a {len(node.shape)}-D tensor", tensor=node.name,
+                            hint="add it to skip= or narrow match=")
+        ref = node.rep.decode()
+        if not torch.isfinite(ref).all():
+            raise PassError("weights contain NaN or Inf", tensor=node.name, hint="the checkpoint is damaged")
+        node.rep = quantize_rtn(ref, self.args["bits"], self.args["group"], self.args["sym"], self.args["zero"])
+        if not np.isfinite(node.rep.scales).all():  # type: ignore[attr-defined]
+            raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
+        stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
