@@ -163,9 +163,17 @@ class Pass:
         return f"{self.name}{{{inner}}}"
 
 
-def sqnr_stats(node: TensorNode, ref: torch.Tensor, new: torch.Tensor) -> TensorStats:
-    # In-place square + float64 accumulation: no double-precision copy of a 28M-entry embedding.
-    err = (new - ref).pow_(2).sum(dtype=torch.float64).item() / ref.numel()
-    sig = ref.pow(2).sum(dtype=torch.float64).item() / ref.numel()
-    sqnr = 10.0 * math.log10(sig / err) if err > 0 else float("inf")
-    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), err, sqnr)
+def sqnr_stats(node: TensorNode, ref: torch.Tensor, new: torch.Tensor | Callable[[int, int], torch.Tensor],
+               rows_per_block: int | None = None) -> TensorStats:
+    """Weight MSE and SQNR of `new` against `ref`; `new` may be a row-range decoder so that a
+    large tensor is compared block by block without a second full copy."""
+    err = sig = 0.0
+    step = rows_per_block or ref.shape[0] or 1
+    for r in range(0, max(ref.shape[0], 1), step):
+        a = ref[r:r + step]
+        b = new(r, r + step) if callable(new) else new[r:r + step]
+        err += (b - a).pow_(2).sum(dtype=torch.float64).item()
+        sig += a.pow(2).sum(dtype=torch.float64).item()
+    n = max(ref.numel(), 1)
+    sqnr = 10.0 * math.log10(sig / err) if err > 0 and sig > 0 else float("inf")
+    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), err / n, sqnr)

@@ -153,6 +153,12 @@ class Quantized(Representation):
     def decode(self) -> torch.Tensor:
         return _decode_groups(self.codes, self.scales, self.zeros, self.bits, self.group, self.mins)
 
+    def decode_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) only: lets callers walk a large tensor in bounded memory."""
+        sl = slice(start, stop)
+        return _decode_groups(self.codes[sl], self.scales[sl], None if self.zeros is None else self.zeros[sl],
+                              self.bits, self.group, None if self.mins is None else self.mins[sl])
+
     def storage_bits(self) -> int:
         n = self.codes.size
         bits = 8 * packing.packed_nbytes(n, self.bits) + 16 * self.scales.size

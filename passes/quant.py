@@ -24,12 +24,17 @@ def group_size(value: object) -> int:
     return g
 
 
-_ROW_BLOCK = 4096  # rows per step: bounds temporaries for 50k-row embeddings to ~10x one block
+_BLOCK_ELEMS = 1 << 22  # weights per step (16 MB of float32): bounds every temporary
+
+
+def row_block(cols: int) -> int:
+    return max(1, _BLOCK_ELEMS // max(cols, 1))
 
 
 def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int") -> Quantized:
     """Quantize a 2-D float tensor; the returned codes decode with `Quantized.decode`."""
-    parts = [_quantize_block(w[r:r + _ROW_BLOCK], bits, group, sym, zero) for r in range(0, w.shape[0], _ROW_BLOCK)]
+    step = row_block(w.shape[1])
+    parts = [_quantize_block(w[r:r + step], bits, group, sym, zero) for r in range(0, w.shape[0], step)]
     if len(parts) == 1:
         return parts[0]
     cat = (lambda xs: None if xs[0] is None else np.concatenate(xs))
@@ -98,4 +103,4 @@ class QuantPass(Pass):
         node.rep = quantize_rtn(ref, self.args["bits"], self.args["group"], self.args["sym"], self.args["zero"])
         if not np.isfinite(node.rep.scales).all():  # type: ignore[attr-defined]
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
-        stats.tensors.append(sqnr_stats(node, ref, node.rep.decode()))
+        stats.tensors.append(sqnr_stats(node, ref, node.rep.decode_rows, row_block(node.shape[1])))

@@ -73,7 +73,19 @@ def test_row_blocking_is_invisible(monkeypatch, kw):
     w = _w(rows=70, cols=200)
     args = (w, 4, 64, kw.get("sym", False), kw.get("zero", "int"))
     whole = quant.quantize_rtn(*args)
-    monkeypatch.setattr(quant, "_ROW_BLOCK", 16)
+    monkeypatch.setattr(quant, "_BLOCK_ELEMS", 16 * 200)
     blocked = quant.quantize_rtn(*args)
     assert np.array_equal(whole.codes, blocked.codes) and np.array_equal(whole.scales, blocked.scales)
     assert torch.equal(whole.decode(), blocked.decode())
+
+
+def test_blockwise_sqnr_equals_whole_tensor():
+    from cllm_compiler.ir import TensorNode
+    from cllm_compiler.passes_base import sqnr_stats
+    w = _w(rows=50, cols=96)
+    q = quantize_rtn(w, 3, 32, False)
+    node = TensorNode("model.layers.0.mlp.up_proj.weight", (50, 96), q)
+    whole = sqnr_stats(node, w, q.decode())
+    blocked = sqnr_stats(node, w, q.decode_rows, rows_per_block=7)
+    assert blocked.mse == pytest.approx(whole.mse, rel=1e-9) and blocked.sqnr_db == pytest.approx(whole.sqnr_db)
+    assert torch.equal(torch.cat([q.decode_rows(r, r + 7) for r in range(0, 50, 7)]), q.decode())
