@@ -28,6 +28,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            _publish_mode(f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)  # make the rename itself durable
@@ -49,6 +50,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
+            _publish_mode(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -85,6 +87,13 @@ def fsync_dir(path: Path) -> None:
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
+
+
+def _publish_mode(fd: int) -> None:
+    # mkstemp creates 0600; a published artifact gets the usual 0666 & ~umask.
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
 
 
 def _unlink(p: str) -> None:
