@@ -17,7 +17,8 @@ CODECS: dict[str, "Codec"] = {}
 
 @dataclass(frozen=True)
 class BufferSpec:
-    """What a buffer holds: 'codes' (count symbols of `bits` bits, bit-packed), 'float' or 'bytes'."""
+    """What a buffer holds: 'codes' (count symbols of `bits` bits, bit-packed), 'float', 'mask'
+    (count bits, one per weight; dtype "N:M" when structured) or 'bytes'."""
 
     kind: str = "bytes"
     bits: int = 8
@@ -63,7 +64,10 @@ def encode_best(data: bytes, spec: BufferSpec, names: tuple[str, ...]) -> tuple[
         codec = get_codec(name)
         if not codec.applicable(spec):
             continue
-        payload, params = codec.encode(data, spec)
+        try:
+            payload, params = codec.encode(data, spec)
+        except CodecError:  # e.g. a mask that is not N:M: this codec does not apply to this data
+            continue
         tried[name] = len(payload)
         if best is None or len(payload) < len(best[1]):
             best = (name, payload, params)
@@ -71,4 +75,4 @@ def encode_best(data: bytes, spec: BufferSpec, names: tuple[str, ...]) -> tuple[
     return (*best, tried)
 
 
-from . import rans, raw, zstd  # noqa: E402,F401  (registers the built-in codecs)
+from . import nm_mask, rans, raw, zstd  # noqa: E402,F401  (registers the built-in codecs)

@@ -39,11 +39,14 @@ def _codec(data: bytes) -> None:
     name = sorted(CODECS)[fdp.ConsumeIntInRange(0, len(CODECS) - 1)]
     bits = fdp.ConsumeIntInRange(1, 8)
     count = fdp.ConsumeIntInRange(1, 4096)
-    kind = ["codes", "float", "bytes"][fdp.ConsumeIntInRange(0, 2)]
-    spec = BufferSpec(kind, bits, count, "f16" if kind == "float" else "")
-    params = {"freq": [fdp.ConsumeIntInRange(0, 64) for _ in range(1 << bits)]} if name == "rans" else (
+    kind = ["codes", "float", "bytes", "mask"][fdp.ConsumeIntInRange(0, 3)]
+    spec = BufferSpec(kind, bits, count, {"float": "f16", "mask": ["2:4", "4:8", "1:4"][bits % 3]}.get(kind, ""))
+    params = {"freq": [fdp.ConsumeIntInRange(0, 64) for _ in range(1 << bits)]} if name in ("rans", "nm-mask") else (
         {"bytegroup": fdp.ConsumeIntInRange(0, 5)} if fdp.ConsumeBool() else {})
-    raw_len = packing.packed_nbytes(count, bits) if kind == "codes" else fdp.ConsumeIntInRange(0, 8192)
+    if name == "nm-mask":
+        params.update(n=fdp.ConsumeIntInRange(1, 4), m=fdp.ConsumeIntInRange(2, 8))
+    raw_len = (packing.packed_nbytes(count, bits) if kind == "codes" else
+               packing.packed_nbytes(count, 1) if kind == "mask" else fdp.ConsumeIntInRange(0, 8192))
     try:
         CODECS[name].decode(fdp.ConsumeBytes(fdp.remaining_bytes()), raw_len, spec, params)
     except CodecError:

@@ -13,7 +13,8 @@ from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, TensorStats, register_pass
 from ..reprs import Coded, Encoded
 
-CHOICES = {"auto": ("rans", "zstd"), "rans": ("rans",), "zstd": ("zstd",), "raw": ("raw",)}
+CHOICES = {"auto": ("rans", "nm-mask", "zstd"), "rans": ("rans",), "zstd": ("zstd",), "raw": ("raw",),
+           "nm-mask": ("nm-mask",)}
 
 
 @register_pass

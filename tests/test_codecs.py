@@ -112,3 +112,49 @@ def test_rans_damaged_stream_is_an_error_or_detected():
         get_codec("rans").decode(payload[:-4], 500, spec, params)
     with pytest.raises(CodecError):
         get_codec("rans").decode(payload[:5], 500, spec, params)
+
+
+@st.composite
+def nm_masks(draw):
+    n, m = draw(st.sampled_from([(2, 4), (4, 8), (1, 4), (1, 2), (3, 8)]))
+    groups = draw(st.integers(1, 500))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    skew = draw(st.booleans())
+    rows = []
+    for _ in range(groups):
+        keep = np.arange(n) if skew and rng.random() < 0.7 else rng.choice(m, n, replace=False)
+        row = np.zeros(m, dtype=np.uint8)
+        row[keep] = 1
+        rows.append(row)
+    bits = np.concatenate(rows)
+    return packing.pack(bits, 1), BufferSpec("mask", 1, bits.size, f"{n}:{m}")
+
+
+@SETTINGS
+@given(buf=nm_masks())
+def test_nm_mask_round_trip(buf):
+    data, spec = buf
+    payload, params = get_codec("nm-mask").encode(data, spec)
+    assert get_codec("nm-mask").decode(payload, len(data), spec, params) == data
+
+
+def test_nm_mask_rate_is_log2_6_per_group_at_most():
+    rng = np.random.default_rng(5)
+    groups = 100_000
+    bits = np.zeros((groups, 4), dtype=np.uint8)
+    for g in range(groups):
+        bits[g, rng.choice(4, 2, replace=False)] = 1
+    spec = BufferSpec("mask", 1, bits.size, "2:4")
+    payload, _ = get_codec("nm-mask").encode(packing.pack(bits.reshape(-1), 1), spec)
+    per_group = len(payload) * 8 / groups
+    assert per_group <= np.log2(6) * 1.005 and per_group > 2.5  # uniform patterns: ~2.585 bits / 4 weights
+    assert len(payload) < packing.packed_nbytes(bits.size, 1) * 0.66
+
+
+def test_nm_mask_refuses_non_nm_masks_and_encode_best_skips_it():
+    bits = np.array([1, 1, 1, 0, 1, 1, 0, 0], dtype=np.uint8)
+    spec = BufferSpec("mask", 1, 8, "2:4")
+    with pytest.raises(CodecError, match="not 2:4"):
+        get_codec("nm-mask").encode(packing.pack(bits, 1), spec)
+    name, *_ = encode_best(packing.pack(bits, 1), spec, ("nm-mask", "zstd"))
+    assert name in ("zstd", "raw")

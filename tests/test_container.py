@@ -100,3 +100,14 @@ def test_artifacts_are_deterministic(tiny_dir, tmp_path):
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert man["pipeline"] == ",".join(p.spec() for p in pipe) and man["source"]["sha256"]
     assert man["tools"]["torch"] and man["target"] == "x86-avx512"
+
+
+def test_streaming_and_whole_model_compiles_write_the_same_bytes(tiny_dir, tmp_path):
+    from cllm_compiler.passmanager import IRDumpInstrument
+    a = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(PIPE), tmp_path / "a")
+    b = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(PIPE), tmp_path / "b",
+                      dump_ir=tmp_path / "ir")  # an IR dump needs whole-model passes
+    assert a.report["streamed"] and not b.report["streamed"]
+    assert (tmp_path / "a" / "model.cllm").read_bytes() == (tmp_path / "b" / "model.cllm").read_bytes()
+    assert [t["sqnr_db"] for t in a.report["tensors"]] == [t["sqnr_db"] for t in b.report["tensors"]]
+    assert IRDumpInstrument
