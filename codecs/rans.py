@@ -51,6 +51,9 @@ class FrequencyTable:
         return constriction.stream.model.Categorical(self.probabilities(), perfect=False)
 
 
+_CHUNK = 1 << 22  # symbols per constriction call: bounds the int32 temporaries to 16 MB
+
+
 @register_codec
 class RansCodec(Codec):
     name = "rans"
@@ -62,8 +65,12 @@ class RansCodec(Codec):
         import constriction
         symbols = packing.unpack(data, spec.bits, spec.count)
         table = FrequencyTable.from_symbols(symbols, spec.bits)
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(symbols.astype(np.int32), table.model())
+        model, coder = table.model(), constriction.stream.stack.AnsCoder()
+        # A stack coder pushes the last symbol first; encoding chunks last-to-first gives the
+        # same stream as one call while the int32 copy stays one chunk long.
+        starts = list(range(0, symbols.size, _CHUNK))
+        for s in reversed(starts):
+            coder.encode_reverse(symbols[s:s + _CHUNK].astype(np.int32), model)
         words = coder.get_compressed().astype("<u4")
         return words.tobytes(), {"freq": list(table.counts)}
 
@@ -76,11 +83,19 @@ class RansCodec(Codec):
         if len(data) % 4 or raw_len != packing.packed_nbytes(spec.count, spec.bits):
             raise CodecError("rans payload length is inconsistent")
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        out = np.empty(spec.count, dtype=np.uint8)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
-            symbols = coder.decode(FrequencyTable(tuple(counts)).model(), spec.count)
+            model = FrequencyTable(tuple(counts)).model()
+            for s in range(0, spec.count, _CHUNK):
+                chunk = coder.decode(model, min(_CHUNK, spec.count - s))
+                if int(np.max(chunk, initial=0)) >> spec.bits:
+                    raise CodecError("rans stream decodes to symbols outside the table")
+                out[s:s + chunk.size] = chunk
+        except CodecError:
+            raise
         except Exception as e:  # constriction raises ValueError/AssertionError on bad streams
             raise CodecError(f"rans stream does not decode: {e}") from e
-        if int(np.max(symbols, initial=0)) >> spec.bits or not coder.is_empty():
-            raise CodecError("rans stream decodes to symbols outside the table or leaves data over")
-        return packing.pack(symbols.astype(np.uint8), spec.bits)
+        if not coder.is_empty():
+            raise CodecError("rans stream leaves data over after the last symbol")
+        return packing.pack(out, spec.bits)

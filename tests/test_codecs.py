@@ -158,3 +158,14 @@ def test_nm_mask_refuses_non_nm_masks_and_encode_best_skips_it():
         get_codec("nm-mask").encode(packing.pack(bits, 1), spec)
     name, *_ = encode_best(packing.pack(bits, 1), spec, ("nm-mask", "zstd"))
     assert name in ("zstd", "raw")
+
+
+def test_rans_chunking_is_invisible(monkeypatch):
+    import cllm_compiler.codecs.rans as rans
+    codes = np.random.default_rng(3).integers(0, 8, 10_001).astype(np.uint8)
+    spec = BufferSpec("codes", 3, codes.size)
+    whole, params = get_codec("rans").encode(packing.pack(codes, 3), spec)
+    monkeypatch.setattr(rans, "_CHUNK", 1000)
+    chunked, params2 = get_codec("rans").encode(packing.pack(codes, 3), spec)
+    assert chunked == whole and params2 == params
+    assert get_codec("rans").decode(whole, len(packing.pack(codes, 3)), spec, params) == packing.pack(codes, 3)
