@@ -98,6 +98,14 @@ def _loader(t: Any, permute_heads: int | None):
     return load
 
 
+def _row_loader(t: Any):
+    def rows(start: int, stop: int) -> torch.Tensor:
+        from gguf.quants import dequantize
+        arr = np.ascontiguousarray(dequantize(t.data[start:stop], t.tensor_type), dtype=np.float32)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return rows
+
+
 def load_gguf(path: Path) -> Model:
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFReader
@@ -120,5 +128,7 @@ def load_gguf(path: Path) -> Model:
         if config.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config.num_heads if "q_proj" in name else config.num_kv_heads
         dtype = {Q.F16: "f16", Q.BF16: "bf16"}.get(t.tensor_type, "f32")
-        model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(t, heads))))
+        # Row reads need rows in file order: not for q/k, whose rows llama.cpp permuted.
+        rows = _row_loader(t) if heads is None and len(shape) == 2 else None
+        model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(t, heads), row_loader=rows)))
     return model

@@ -72,6 +72,14 @@ def _loader(file: Path, name: str):
     return load
 
 
+def _row_loader(file: Path, name: str):
+    def rows(start: int, stop: int) -> torch.Tensor:
+        from safetensors import safe_open
+        with safe_open(str(file), framework="pt") as f:
+            return f.get_slice(name)[start:stop]
+    return rows
+
+
 def load_hf_dir(path: Path) -> Model:
     from safetensors import SafetensorError, safe_open
     try:
@@ -97,8 +105,9 @@ def load_hf_dir(path: Path) -> Model:
                         continue
                     sl = f.get_slice(name)
                     dtype = _ST_DTYPES.get(getattr(torch, _torch_dtype(sl.get_dtype())), "f32")
-                    model.add(TensorNode(name, tuple(sl.get_shape()), Dense(tuple(sl.get_shape()), dtype,
-                                                                          loader=_loader(file, name))))
+                    shape = tuple(sl.get_shape())
+                    model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(file, name),
+                                                            row_loader=_row_loader(file, name))))
         except (SafetensorError, OSError, ValueError) as e:
             raise LoadError(f"cannot read {file.name}: {e}", hint="the file is corrupt or truncated; re-download it") from e
     return model

@@ -71,10 +71,19 @@ class Dense(Representation):
 
     def __init__(self, shape: tuple[int, ...], dtype: str = "f32",
                  data: torch.Tensor | None = None,
-                 loader: Callable[[], torch.Tensor] | None = None) -> None:
+                 loader: Callable[[], torch.Tensor] | None = None,
+                 row_loader: Callable[[int, int], torch.Tensor] | None = None) -> None:
         if (data is None) == (loader is None):
             raise ValueError("Dense needs exactly one of data or loader")
         self.shape, self.dtype, self._data, self._loader = tuple(shape), dtype, data, loader
+        self._row_loader = row_loader
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as float32, read from the source alone when it allows that,
+        so a pass can walk a tensor larger than memory."""
+        if self._row_loader is not None and self._data is None:
+            return self._row_loader(start, stop).to(DTYPES[self.dtype][0]).to(torch.float32)
+        return self.tensor()[start:stop].to(torch.float32)
 
     def tensor(self) -> torch.Tensor:
         t = self._data if self._data is not None else self._loader()  # type: ignore[misc]

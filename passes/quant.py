@@ -6,12 +6,15 @@ fits in `bits`; a ragged last group (e.g. 576 columns at g128) is allowed.
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 import torch
 
 from ..errors import PassError
 from ..ir import TensorNode
-from ..passes_base import Param, Pass, PassStats, register_pass, sqnr_stats
+from ..passes_base import Param, Pass, PassStats, TensorStats, register_pass
 from ..reprs import Quantized
 
 
@@ -33,13 +36,34 @@ def row_block(cols: int) -> int:
 
 def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int") -> Quantized:
     """Quantize a 2-D float tensor; the returned codes decode with `Quantized.decode`."""
-    step = row_block(w.shape[1])
-    parts = [_quantize_block(w[r:r + step], bits, group, sym, zero) for r in range(0, w.shape[0], step)]
+    return quantize_rows(lambda a, b: w[a:b].to(torch.float32), w.shape, bits, group, sym, zero)[0]
+
+
+def quantize_rows(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, ...], bits: int, group: int,
+                  sym: bool, zero: str = "int", name: str = "?") -> tuple[Quantized, float, float]:
+    """Quantize block by block from a row reader; also return (squared error, signal) sums.
+
+    Only one block of float weights is in memory at a time, so a tensor larger than RAM works.
+    """
+    step = row_block(shape[1])
+    parts, err, sig = [], 0.0, 0.0
+    for r in range(0, shape[0], step):
+        x = rows(r, r + step)
+        if not torch.isfinite(x).all():
+            raise PassError("weights contain NaN or Inf", tensor=name, hint="the checkpoint is damaged")
+        q = _quantize_block(x, bits, group, sym, zero)
+        err += (q.decode() - x).pow_(2).sum(dtype=torch.float64).item()
+        sig += x.pow(2).sum(dtype=torch.float64).item()
+        parts.append(q)
+    return _concat(parts), err, sig
+
+
+def _concat(parts: list[Quantized]) -> Quantized:
     if len(parts) == 1:
         return parts[0]
     cat = (lambda xs: None if xs[0] is None else np.concatenate(xs))
     return Quantized(np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                     cat([p.zeros for p in parts]), bits, parts[0].group, cat([p.mins for p in parts]))
+                     cat([p.zeros for p in parts]), parts[0].bits, parts[0].group, cat([p.mins for p in parts]))
 
 
 def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str) -> Quantized:
@@ -97,10 +121,11 @@ class QuantPass(Pass):
         if len(node.shape) != 2:
             raise PassError(f"cannot quantize a {len(node.shape)}-D tensor", tensor=node.name,
                             hint="add it to skip= or narrow match=")
-        ref = node.rep.decode()
-        if not torch.isfinite(ref).all():
-            raise PassError("weights contain NaN or Inf", tensor=node.name, hint="the checkpoint is damaged")
-        node.rep = quantize_rtn(ref, self.args["bits"], self.args["group"], self.args["sym"], self.args["zero"])
-        if not np.isfinite(node.rep.scales).all():  # type: ignore[attr-defined]
+        q, err, sig = quantize_rows(node.rep.rows, node.shape, self.args["bits"],  # type: ignore[attr-defined]
+                                    self.args["group"], self.args["sym"], self.args["zero"], node.name)
+        if not np.isfinite(q.scales).all():
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
-        stats.tensors.append(sqnr_stats(node, ref, node.rep.decode_rows, row_block(node.shape[1])))
+        node.rep = q
+        n = node.numel
+        sqnr = 10 * math.log10(sig / err) if err > 0 and sig > 0 else float("inf")
+        stats.tensors.append(TensorStats(node.name, n, q.storage_bits(), q.describe(), err / n, sqnr))

@@ -153,3 +153,16 @@ def test_missing_path_and_unknown_file(tmp_path):
     f.write_bytes(b"\x80\x04not a model")
     with pytest.raises(LoadError, match="neither"):
         load_model(f)
+
+
+def test_row_reads_match_full_reads(tmp_path, tiny_dir):
+    """Passes read big tensors by row ranges; those must equal slices of the full tensor."""
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(tiny_dir, path)
+    for m in (load_model(tiny_dir), load_model(path)):
+        for node in m:
+            if len(node.shape) != 2:
+                continue
+            full = node.rep.decode()
+            for a, b in ((0, 3), (5, 17), (node.shape[0] - 2, node.shape[0] + 5)):
+                assert torch.equal(node.rep.rows(a, b), full[a:b]), node.name

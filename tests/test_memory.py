@@ -1,0 +1,61 @@
+"""Compile a synthetic ~4 GiB checkpoint in a subprocess: peak RSS stays within
+256 MiB + the largest tensor (slow: `pytest -m slow`)."""
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+DIM = 8192  # every weight is 8192 x 8192 float32 = 256 MiB
+
+
+def _write_safetensors(path, names):
+    """Stream a safetensors file tensor by tensor (save_file would hold all 4 GiB)."""
+    nbytes = DIM * DIM * 4
+    header, off = {}, 0
+    for n in names:
+        header[n] = {"dtype": "F32", "shape": [DIM, DIM], "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    h = json.dumps(header).encode()
+    h += b" " * ((-len(h)) % 8)
+    g = torch.Generator().manual_seed(0)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for _ in names:
+            f.write((torch.randn(DIM, DIM, generator=g) * 0.02).numpy().tobytes())
+
+
+def test_four_gib_checkpoint_streams(tmp_path):
+    src = tmp_path / "synth"
+    src.mkdir()
+    layers = 2
+    names = ["model.embed_tokens.weight"] + [
+        f"model.layers.{i}.{m}.weight" for i in range(layers)
+        for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    (src / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "vocab_size": DIM, "hidden_size": DIM, "intermediate_size": DIM,
+        "num_hidden_layers": layers, "num_attention_heads": 64, "num_key_value_heads": 64,
+        "tie_word_embeddings": True}))
+    _write_safetensors(src / "model.safetensors", names)
+    size = (src / "model.safetensors").stat().st_size
+    assert size > 3.9 * 2**30
+    out = tmp_path / "art"
+    p = subprocess.Popen([sys.executable, "-m", "cllm_compiler.cli.compile", str(src), "-o", str(out),
+                          "-p", "quant{bits=4,group=128,match=linear|embed},entropy{codec=auto}",
+                          "--eval-windows", "0"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, p.stderr.read().decode()[-3000:]
+    peak_mib = ru.ru_maxrss / 1024
+    largest_mib = DIM * DIM * 4 / 2**20
+    report = json.loads((out / "report.json").read_text())
+    print(f"\nsource {size / 2**30:.2f} GiB, artifact {report['artifact_bytes'] / 2**20:.0f} MiB, "
+          f"peak RSS {peak_mib:.0f} MiB (budget {256 + largest_mib:.0f} MiB)")
+    assert report["streamed"]
+    assert peak_mib <= 256 + largest_mib
