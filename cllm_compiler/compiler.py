@@ -1,6 +1,7 @@
 """The compile driver: load -> passes -> container -> evaluation -> report, as one API call."""
 from __future__ import annotations
 
+import ctypes
 import json
 import platform
 import resource
@@ -79,6 +80,35 @@ class Released(Representation):
         return self._describe
 
 
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so a streaming compile's
+    RSS would creep up tensor by tensor)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+_M_MMAP_THRESHOLD = -3
+
+
+def configure_malloc() -> None:
+    """Serve every allocation >= 1 MiB by mmap so freed blocks go straight back to the OS.
+
+    glibc otherwise raises its mmap threshold after the first big free and then keeps
+    block-sized temporaries on a fragmented heap: measured +500 MB per 256 MiB tensor.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def compress_and_write(manager: PassManager, model: Model, path: Path,
                        progress: Callable[[str], None] | None) -> tuple[int, list[PassStats], list[dict[str, Any]]]:
     """Run the pipeline and write the container; streams tensor by tensor when every pass is local."""
@@ -94,6 +124,7 @@ def compress_and_write(manager: PassManager, model: Model, path: Path,
             yield node  # the writer stores it before asking for the next one
             rows.append(tensor_row(node))
             node.rep = Released(rows[-1]["rep"], rows[-1]["bits"])
+            release_memory()
     size = write_container(model, path, progress=progress, nodes=streamed())
     return size, stats, rows
 
@@ -106,6 +137,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
                   eval_progress: Callable[[int, int], None] | None = None) -> CompileResult:
     """Compile `model_path` for `target`; the artifact folder appears only when complete."""
     t0 = time.perf_counter()
+    configure_malloc()
     pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
     if dump_ir:
         pm_instruments.append(IRDumpInstrument(dump_ir))

@@ -6,6 +6,7 @@ safetensors file on decode, so a pass streams the model tensor by tensor.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,39 @@ def _loader(file: Path, name: str):
     return load
 
 
-def _row_loader(file: Path, name: str):
+_ST_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _extents(file: Path) -> dict[str, tuple[int, int, torch.dtype, list[int]]]:
+    """Absolute byte extents of 2-D float tensors, from the safetensors header (bounds-checked)."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= min(size - 8, 100 * 2**20):
+            raise LoadError(f"{file.name}: header length {n} is impossible", hint="the file is corrupt")
+        header = json.loads(f.read(n))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or info.get("dtype") not in _ST_TORCH or len(info.get("shape", [])) != 2:
+            continue
+        a, b = info["data_offsets"]
+        if not 0 <= a <= b <= size - 8 - n:
+            raise LoadError(f"{file.name}: tensor '{name}' lies outside the file", hint="the file is corrupt")
+        out[name] = (8 + n + a, b - a, _ST_TORCH[info["dtype"]], info["shape"])
+    return out
+
+
+def _row_loader(file: Path, extent: tuple[int, int, torch.dtype, list[int]]):
+    start0, nbytes, dtype, shape = extent
+    row_bytes = nbytes // max(shape[0], 1)
+
     def rows(start: int, stop: int) -> torch.Tensor:
-        from safetensors import safe_open
-        with safe_open(str(file), framework="pt") as f:
-            return f.get_slice(name)[start:stop]
+        # Plain reads, not mmap: the bytes become ordinary heap memory that is freed with the block.
+        start, stop = max(0, start), min(shape[0], stop)
+        with open(file, "rb") as f:
+            buf = bytearray(os.pread(f.fileno(), (stop - start) * row_bytes, start0 + start * row_bytes))
+        return torch.frombuffer(buf, dtype=dtype).reshape(stop - start, shape[1]) if buf else \
+            torch.empty(0, shape[1], dtype=dtype)
     return rows
 
 
@@ -99,6 +128,7 @@ def load_hf_dir(path: Path) -> Model:
     model = Model(config, tok, source={"format": "safetensors"})
     for file in _shards(path):
         try:
+            extents = _extents(file)
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
                     if name == "lm_head.weight" and config.tie_word_embeddings:
@@ -106,9 +136,10 @@ def load_hf_dir(path: Path) -> Model:
                     sl = f.get_slice(name)
                     dtype = _ST_DTYPES.get(getattr(torch, _torch_dtype(sl.get_dtype())), "f32")
                     shape = tuple(sl.get_shape())
+                    rows = _row_loader(file, extents[name]) if name in extents else None
                     model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(file, name),
-                                                            row_loader=_row_loader(file, name))))
-        except (SafetensorError, OSError, ValueError) as e:
+                                                            row_loader=rows)))
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
             raise LoadError(f"cannot read {file.name}: {e}", hint="the file is corrupt or truncated; re-download it") from e
     return model
 

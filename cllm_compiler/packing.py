@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_CHUNK = 1 << 23  # elements per chunk; a multiple of 8 keeps chunks byte-aligned
+_CHUNK = 1 << 21  # elements per chunk (a multiple of 8 keeps chunks byte-aligned); ~20 MB of temporaries
 
 
 def packed_nbytes(n: int, bits: int) -> int:

@@ -236,9 +236,16 @@ class Encoded(Representation):
     def wrap(cls, inner: Representation, shape: tuple[int, ...],
              choose: Callable[[str, bytes, Any], "Coded"]) -> "Encoded":
         meta, bufs = inner.to_record()
-        specs = specs_of(inner.kind, meta, shape)
-        payload = {name: choose(name, raw, specs.get(name)) for name, raw in bufs.items()}
-        return cls(inner.kind, meta, payload, shape)
+        return cls.from_buffers(inner.kind, meta, bufs, shape, choose)
+
+    @classmethod
+    def from_buffers(cls, kind: str, meta: dict[str, Any], bufs: Buffers, shape: tuple[int, ...],
+                     choose: Callable[[str, bytes, Any], "Coded"]) -> "Encoded":
+        specs = specs_of(kind, meta, shape)
+        payload = {}
+        for name in list(bufs):
+            payload[name] = choose(name, bufs.pop(name), specs.get(name))  # free each raw buffer once coded
+        return cls(kind, meta, payload, shape)
 
     def inner(self) -> Representation:
         from .codecs import BufferSpec, get_codec

@@ -25,7 +25,10 @@ class FrequencyTable:
 
     @classmethod
     def from_symbols(cls, symbols: np.ndarray, bits: int) -> "FrequencyTable":
-        return cls(tuple(int(c) for c in np.bincount(symbols.reshape(-1), minlength=1 << bits)))
+        flat, counts = symbols.reshape(-1), np.zeros(1 << bits, dtype=np.int64)
+        for s in range(0, flat.size, _CHUNK):  # bincount widens to int64: count in chunks
+            counts += np.bincount(flat[s:s + _CHUNK], minlength=1 << bits)[: 1 << bits]
+        return cls(tuple(int(c) for c in counts))
 
     @property
     def total(self) -> int:

@@ -36,7 +36,9 @@ class EntropyPass(Pass):
             chosen.append(f"{buf}:{name} ({', '.join(f'{k} {v}' for k, v in tried.items())})")
             return Coded(name, len(raw), data, params, hashlib.sha256(raw).hexdigest())
 
-        node.rep = Encoded.wrap(node.rep, node.shape, choose)
+        kind, (meta, bufs) = node.rep.kind, node.rep.to_record()
+        node.rep = None  # type: ignore[assignment]  # drop the unpacked codes before coding: peak memory
+        node.rep = Encoded.from_buffers(kind, meta, bufs, node.shape, choose)
         after = node.rep.storage_bits()
         stats.tensors.append(TensorStats(node.name, node.numel, after, node.rep.describe()))
         ent = node.rep.entropy_bits()

@@ -61,9 +61,15 @@ def quantize_rows(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, ..
 def _concat(parts: list[Quantized]) -> Quantized:
     if len(parts) == 1:
         return parts[0]
-    cat = (lambda xs: None if xs[0] is None else np.concatenate(xs))
-    return Quantized(np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                     cat([p.zeros for p in parts]), parts[0].bits, parts[0].group, cat([p.mins for p in parts]))
+    def cat(xs: list) -> np.ndarray | None:
+        if xs[0] is None:
+            return None
+        out = np.concatenate(xs)
+        xs.clear()  # drop the blocks as soon as they are copied
+        return out
+    codes = cat([p.codes for p in parts])
+    return Quantized(codes, cat([p.scales for p in parts]), cat([p.zeros for p in parts]),  # type: ignore[arg-type]
+                     parts[0].bits, parts[0].group, cat([p.mins for p in parts]))
 
 
 def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str) -> Quantized:
