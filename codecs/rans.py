@@ -66,14 +66,24 @@ class RansCodec(Codec):
 
     def encode(self, data: bytes, spec: BufferSpec) -> tuple[bytes, dict[str, Any]]:
         import constriction
-        symbols = packing.unpack(data, spec.bits, spec.count)
-        table = FrequencyTable.from_symbols(symbols, spec.bits)
+        # Symbols are unpacked chunk by chunk (twice: count, then code) so that a 64M-index
+        # tensor never needs its whole unpacked copy; chunks of _CHUNK indices are byte-aligned.
+        starts = list(range(0, spec.count, _CHUNK))
+
+        def chunk(s: int) -> np.ndarray:
+            n = min(_CHUNK, spec.count - s)
+            lo = s * spec.bits // 8
+            return packing.unpack(data[lo:lo + packing.packed_nbytes(n, spec.bits)], spec.bits, n)
+
+        counts = np.zeros(1 << spec.bits, dtype=np.int64)
+        for s in starts:
+            counts += np.bincount(chunk(s), minlength=1 << spec.bits)[: 1 << spec.bits]
+        table = FrequencyTable(tuple(int(c) for c in counts))
         model, coder = table.model(), constriction.stream.stack.AnsCoder()
         # A stack coder pushes the last symbol first; encoding chunks last-to-first gives the
-        # same stream as one call while the int32 copy stays one chunk long.
-        starts = list(range(0, symbols.size, _CHUNK))
+        # same stream as one call over all symbols.
         for s in reversed(starts):
-            coder.encode_reverse(symbols[s:s + _CHUNK].astype(np.int32), model)
+            coder.encode_reverse(chunk(s).astype(np.int32), model)
         words = coder.get_compressed().astype("<u4")
         return words.tobytes(), {"freq": list(table.counts)}
 
