@@ -20,27 +20,6 @@ def os_error(e: OSError, path: Path) -> OutputError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Yield a file to write; it appears at `path` only if the block finishes."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            _publish_mode(f.fileno())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)  # make the rename itself durable
-    except OSError as e:
-        _unlink(tmp)
-        raise os_error(e, path) from e
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Like atomic_file, for writers that open files by name (gguf-py, safetensors)."""
     path = Path(path)
@@ -62,6 +41,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         _unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Yield a file to write; it appears at `path` only if the block finishes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def clean_orphans(path: Path) -> None:

@@ -72,11 +72,11 @@ INJECT = [("spill", 100, errno.ENOSPC), ("spill", 1000, errno.EIO), ("spill", 25
 
 @pytest.mark.parametrize("where,limit,err", INJECT)
 def test_injected_write_failures_leave_nothing(tmp_path, monkeypatch, where, limit, err):
-    real_open, real_fdopen = open, os.fdopen
+    real_open = open
     if where == "spill":
         monkeypatch.setattr(container, "open", lambda p, m: _Faulty(real_open(p, m), limit, err), raising=False)
     elif where == "final":
-        monkeypatch.setattr(atomic.os, "fdopen", lambda fd, m: _Faulty(real_fdopen(fd, m), limit, err))
+        monkeypatch.setattr(atomic, "open", lambda p, m: _Faulty(real_open(p, m), limit, err), raising=False)
     elif where == "fsync":
         monkeypatch.setattr(atomic.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(err, os.strerror(err))))
     else:
