@@ -176,6 +176,11 @@ class ContainerFile:
         for rec in self.header["tensors"]:
             self.rep(rec)
         self.tokenizer()
+        self.check_file_hash()
+        return [r["name"] for r in self.header["tensors"]]
+
+    def check_file_hash(self) -> None:
+        """Compare the footer's hash with every byte before it (covers padding and prefix)."""
         digest = hashlib.sha256()
         end = self.size - FOOTER.size
         for start in range(0, end, 1 << 22):
@@ -183,7 +188,6 @@ class ContainerFile:
         if digest.digest() != FOOTER.unpack_from(self.data, end)[1]:
             raise ContainerError("file checksum mismatch outside any tensor (padding or prefix damaged)",
                                  offset=end, hint="the file is damaged; recompile it")
-        return [r["name"] for r in self.header["tensors"]]
 
     def _stored(self, buf: dict[str, Any], tensor: str) -> bytes:
         start = self.payload_start + buf["offset"]
@@ -232,12 +236,12 @@ class ContainerFile:
 
 def read_container(path: Path, verify: bool = True) -> Model:
     cf = ContainerFile(path)
-    if verify:
-        cf.verify()
     config = schema.config_from_json(cf.header["config"])
     model = Model(config, cf.tokenizer(), source=dict(cf.header["source"], artifact=str(path)))
-    for rec in cf.header["tensors"]:
+    for rec in cf.header["tensors"]:  # rep() checks each buffer's hashes and runs its codecs once
         model.add(TensorNode(rec["name"], tuple(rec["shape"]), cf.rep(rec), role=rec["role"]))
+    if verify:
+        cf.check_file_hash()
     return model
 
 

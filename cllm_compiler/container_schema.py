@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from typing import Any
 
@@ -136,7 +137,7 @@ def validate(h: dict[str, Any], payload_start: int, payload_end: int, align: int
     seen: set[str] = set()
     for rec in h["tensors"]:
         extents += [(b["offset"], b["length"], rec["name"]) for b in _tensor(rec, seen)]
-    total = sum(_numel(r["shape"]) for r in h["tensors"])
+    total = sum(math.prod(r["shape"]) for r in h["tensors"])
     if _int(h["num_params"], "num_params") != total:
         raise ContainerError(f"num_params {h['num_params']} != sum of tensor sizes {total}")
     if h["tokenizer"] is not None:
@@ -162,10 +163,3 @@ def _check_tiling(extents: list[tuple[int, int, str]], plen: int, start: int, al
     if pos != plen:
         raise ContainerError(f"buffers end at {pos}, payload is {plen} bytes", offset=start + pos,
                              hint="the file is damaged or hostile")
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -5,6 +5,7 @@ whatever the source format, so passes and backends see one vocabulary.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -111,10 +112,7 @@ class TensorNode:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass

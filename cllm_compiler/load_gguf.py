@@ -88,21 +88,22 @@ def _tokenizer(path: Path, reader: Any) -> TokenizerSpec | None:
                          chat_template=_field(reader, "tokenizer.chat_template"))
 
 
+def _dequantize(data: Any, qtype: Any) -> torch.Tensor:
+    from gguf.quants import dequantize
+    arr = np.ascontiguousarray(dequantize(data, qtype), dtype=np.float32)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # F32 tensors are read-only memmaps
+
+
 def _loader(t: Any, permute_heads: int | None):
     def load() -> torch.Tensor:
-        from gguf.quants import dequantize
-        arr = dequantize(t.data, t.tensor_type)
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        w = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # F32 tensors are read-only memmaps
+        w = _dequantize(t.data, t.tensor_type)
         return unpermute(w, permute_heads) if permute_heads else w
     return load
 
 
 def _row_loader(t: Any):
     def rows(start: int, stop: int) -> torch.Tensor:
-        from gguf.quants import dequantize
-        arr = np.ascontiguousarray(dequantize(t.data[start:stop], t.tensor_type), dtype=np.float32)
-        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        return _dequantize(t.data[start:stop], t.tensor_type)
     return rows
 
 

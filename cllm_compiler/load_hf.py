@@ -18,7 +18,8 @@ from .reprs import Dense
 
 ARCH_BY_CLASS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                  "Qwen2ForCausalLM": "qwen2"}
-_ST_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+# safetensors dtype -> (torch dtype, IR storage dtype); other dtypes load as f32
+_ST_DTYPES = {"F32": (torch.float32, "f32"), "F16": (torch.float16, "f16"), "BF16": (torch.bfloat16, "bf16")}
 
 
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
@@ -73,9 +74,6 @@ def _loader(file: Path, name: str):
     return load
 
 
-_ST_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
 def _extents(file: Path) -> dict[str, tuple[int, int, torch.dtype, list[int]]]:
     """Absolute byte extents of 2-D float tensors, from the safetensors header (bounds-checked)."""
     size = file.stat().st_size
@@ -86,12 +84,12 @@ def _extents(file: Path) -> dict[str, tuple[int, int, torch.dtype, list[int]]]:
         header = json.loads(f.read(n))
     out = {}
     for name, info in header.items():
-        if name == "__metadata__" or info.get("dtype") not in _ST_TORCH or len(info.get("shape", [])) != 2:
+        if name == "__metadata__" or info.get("dtype") not in _ST_DTYPES or len(info.get("shape", [])) != 2:
             continue
         a, b = info["data_offsets"]
         if not 0 <= a <= b <= size - 8 - n:
             raise LoadError(f"{file.name}: tensor '{name}' lies outside the file", hint="the file is corrupt")
-        out[name] = (8 + n + a, b - a, _ST_TORCH[info["dtype"]], info["shape"])
+        out[name] = (8 + n + a, b - a, _ST_DTYPES[info["dtype"]][0], info["shape"])
     return out
 
 
@@ -134,7 +132,7 @@ def load_hf_dir(path: Path) -> Model:
                     if name == "lm_head.weight" and config.tie_word_embeddings:
                         continue
                     sl = f.get_slice(name)
-                    dtype = _ST_DTYPES.get(getattr(torch, _torch_dtype(sl.get_dtype())), "f32")
+                    dtype = _ST_DTYPES.get(sl.get_dtype(), (None, "f32"))[1]
                     shape = tuple(sl.get_shape())
                     rows = _row_loader(file, extents[name]) if name in extents else None
                     model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(file, name),
@@ -142,7 +140,3 @@ def load_hf_dir(path: Path) -> Model:
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
             raise LoadError(f"cannot read {file.name}: {e}", hint="the file is corrupt or truncated; re-download it") from e
     return model
-
-
-def _torch_dtype(st: str) -> str:
-    return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(st, "float32")

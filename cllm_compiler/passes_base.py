@@ -174,6 +174,11 @@ def sqnr_stats(node: TensorNode, ref: torch.Tensor, new: torch.Tensor | Callable
         b = new(r, r + step) if callable(new) else new[r:r + step]
         err += (b - a).pow_(2).sum(dtype=torch.float64).item()
         sig += a.pow(2).sum(dtype=torch.float64).item()
-    n = max(ref.numel(), 1)
+    return stats_from_sums(node, err, sig)
+
+
+def stats_from_sums(node: TensorNode, err: float, sig: float) -> TensorStats:
+    """TensorStats for `node`'s current representation from squared-error and signal sums."""
     sqnr = 10.0 * math.log10(sig / err) if err > 0 and sig > 0 else float("inf")
-    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(), err / n, sqnr)
+    return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(),
+                       err / max(node.numel, 1), sqnr)

@@ -8,6 +8,7 @@ float32 tensor on demand, and `to_record()` gives the exact bytes that go on dis
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
@@ -93,10 +94,7 @@ class Dense(Representation):
         return self.tensor().to(torch.float32)
 
     def storage_bits(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * DTYPES[self.dtype][1]
+        return math.prod(self.shape) * DTYPES[self.dtype][1]
 
     def to_record(self) -> tuple[dict[str, Any], Buffers]:
         t = self.tensor().contiguous()
@@ -113,7 +111,7 @@ class Dense(Representation):
     @classmethod
     def specs_for(cls, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
         from .codecs import BufferSpec
-        return {"data": BufferSpec("float", DTYPES[meta["dtype"]][1], _numel(shape), meta["dtype"])}
+        return {"data": BufferSpec("float", DTYPES[meta["dtype"]][1], math.prod(shape), meta["dtype"])}
 
     def describe(self) -> str:
         return self.dtype
@@ -301,13 +299,6 @@ class Coded(NamedTuple):
     data: bytes
     params: dict[str, Any]
     raw_sha256: str = ""  # of the decoded bytes; checked after the codec runs
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def specs_of(kind: str, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:

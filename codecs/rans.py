@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -25,9 +25,15 @@ class FrequencyTable:
 
     @classmethod
     def from_symbols(cls, symbols: np.ndarray, bits: int) -> "FrequencyTable":
-        flat, counts = symbols.reshape(-1), np.zeros(1 << bits, dtype=np.int64)
-        for s in range(0, flat.size, _CHUNK):  # bincount widens to int64: count in chunks
-            counts += np.bincount(flat[s:s + _CHUNK], minlength=1 << bits)[: 1 << bits]
+        flat = symbols.reshape(-1)
+        return cls.from_chunks((flat[s:s + _CHUNK] for s in range(0, flat.size, _CHUNK)), bits)
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[np.ndarray], bits: int) -> "FrequencyTable":
+        """Counts over symbol chunks (bincount widens to int64, so never count all at once)."""
+        counts = np.zeros(1 << bits, dtype=np.int64)
+        for chunk in chunks:
+            counts += np.bincount(chunk, minlength=1 << bits)[: 1 << bits]
         return cls(tuple(int(c) for c in counts))
 
     @property
@@ -75,10 +81,7 @@ class RansCodec(Codec):
             lo = s * spec.bits // 8
             return packing.unpack(data[lo:lo + packing.packed_nbytes(n, spec.bits)], spec.bits, n)
 
-        counts = np.zeros(1 << spec.bits, dtype=np.int64)
-        for s in starts:
-            counts += np.bincount(chunk(s), minlength=1 << spec.bits)[: 1 << spec.bits]
-        table = FrequencyTable(tuple(int(c) for c in counts))
+        table = FrequencyTable.from_chunks((chunk(s) for s in starts), spec.bits)
         model, coder = table.model(), constriction.stream.stack.AnsCoder()
         # A stack coder pushes the last symbol first; encoding chunks last-to-first gives the
         # same stream as one call over all symbols.

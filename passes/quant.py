@@ -6,7 +6,6 @@ fits in `bits`; a ragged last group (e.g. 576 columns at g128) is allowed.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 from ..errors import PassError
 from ..ir import TensorNode
-from ..passes_base import Param, Pass, PassStats, TensorStats, register_pass
+from ..passes_base import Param, Pass, PassStats, register_pass, stats_from_sums
 from ..reprs import Quantized
 
 
@@ -132,6 +131,4 @@ class QuantPass(Pass):
         if not np.isfinite(q.scales).all():
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
         node.rep = q
-        n = node.numel
-        sqnr = 10 * math.log10(sig / err) if err > 0 and sig > 0 else float("inf")
-        stats.tensors.append(TensorStats(node.name, n, q.storage_bits(), q.describe(), err / n, sqnr))
+        stats.tensors.append(stats_from_sums(node, err, sig))

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from cllm_compiler.container import ALIGN, FOOTER, PREFIX, canonical, write_container
+from cllm_compiler.container import ALIGN, END, FOOTER, MAGIC, PREFIX, canonical, write_container
 from cllm_compiler.ir import Model, ModelConfig, TensorNode, TokenizerSpec
 from cllm_compiler.passmanager import PassManager
 from cllm_compiler.pipeline import parse_pipeline
@@ -42,7 +41,7 @@ def small_file(path: Path, seed: int = 0) -> bytes:
 
 
 def split(data: bytes) -> tuple[dict[str, Any], bytes]:
-    hlen = struct.unpack_from("<Q", data, 24)[0]
+    hlen = PREFIX.unpack_from(data, 0)[5]
     start = PREFIX.size + hlen + (-(PREFIX.size + hlen)) % ALIGN
     return json.loads(data[PREFIX.size:PREFIX.size + hlen]), data[start:len(data) - FOOTER.size]
 
@@ -55,9 +54,9 @@ def forge(data: bytes, edit: Callable[[dict[str, Any]], Any] | None = None, *, h
         edit(h)  # edits mutate the header in place
     hb = header if header is not None else canonical(h)
     p = payload if payload is not None else p
-    pre = struct.pack("<4sHHQQQ32s", b"CLLM", version, 0, required, 0, len(hb), hashlib.sha256(hb).digest())
+    pre = PREFIX.pack(MAGIC, version, 0, required, 0, len(hb), hashlib.sha256(hb).digest())
     body = pre + hb + b"\0" * ((-(PREFIX.size + len(hb))) % ALIGN) + p
-    return body + struct.pack("<Q32s8s", len(hb), hashlib.sha256(body).digest(), b"CLLMEND\0")
+    return body + FOOTER.pack(len(hb), hashlib.sha256(body).digest(), END)
 
 
 def flip(data: bytes, bit: int) -> bytes:

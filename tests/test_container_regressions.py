@@ -4,11 +4,10 @@ Each is a correctly signed container whose header or payload says something impo
 the check under test is the validator, not the checksums.
 """
 import json
-import struct
 
 import pytest
 
-from cllm_compiler.container import read_container
+from cllm_compiler.container import END, FOOTER, read_container
 from cllm_compiler.errors import ContainerError
 from tests.containers import forge, small_file, split
 
@@ -123,7 +122,7 @@ def test_framing(good, tmp_path):
     _expect(tmp_path, forge(good, version=99), "version 99")
     _expect(tmp_path, b"GGUF" + good[4:], "bad magic")
     _expect(tmp_path, good + b"\0", "footer")
-    _expect(tmp_path, good[:64] + good[64:-48] + struct.pack("<Q32s8s", 1, b"\0" * 32, b"CLLMEND\0"), "footer")
+    _expect(tmp_path, good[:-FOOTER.size] + FOOTER.pack(1, b"\0" * 32, END), "footer")
     big = bytearray(good)
     big[24:32] = (len(good) * 2).to_bytes(8, "little")  # header longer than the file
     _expect(tmp_path, bytes(big), "header length")

@@ -67,13 +67,9 @@ def test_corrupt_safetensors(tmp_path, tiny_dir):
         load_model(d)
 
 
-def _permute(w, n_head):  # llama.cpp convert's HF -> GGUF q/k row order
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def write_tiny_gguf(hf_dir, path, quant_linear=True):
     import gguf
-    from cllm_compiler.load_gguf import _BLOCK, _TOP
+    from cllm_compiler.backends.gguf_writer import gguf_name, permute
     cfg = json.loads((hf_dir / "config.json").read_text())
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(cfg["num_hidden_layers"])
@@ -85,18 +81,12 @@ def write_tiny_gguf(hf_dir, path, quant_linear=True):
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_vocab_size(cfg["vocab_size"])
-    rev_top = {v: k for k, v in _TOP.items()}
-    rev_blk = {v: k for k, v in _BLOCK.items()}
     expected = {}
     for name, t in _hf_state(hf_dir).items():
-        if name in rev_top:
-            gname = rev_top[name]
-        else:
-            parts = name.split(".")
-            gname = f"blk.{parts[2]}.{rev_blk['.'.join(parts[3:-1])]}.{parts[-1]}"
+        gname = gguf_name(name)
         arr = t.float().numpy()
         if "q_proj" in name or "k_proj" in name:
-            arr = _permute(t.float(), cfg["num_attention_heads"] if "q_proj" in name else cfg["num_key_value_heads"]).numpy()
+            arr = permute(t.float(), cfg["num_attention_heads"] if "q_proj" in name else cfg["num_key_value_heads"]).numpy()
         if quant_linear and arr.ndim == 2 and "embed" not in name:
             q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
             w.add_tensor(gname, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from rich.table import Table
@@ -42,9 +43,7 @@ def _main(argv: list[str] | None) -> int:
     params = int(cf.header["num_params"])
     rows = []
     for rec in cf.header["tensors"]:
-        numel = 1
-        for s in rec["shape"]:
-            numel *= s
+        numel = math.prod(rec["shape"])
         bits = 8 * sum(b["length"] for b in rec["buffers"])
         rep = cf.rep(rec, check_decode=False)
         ent = rep.entropy_bits() if hasattr(rep, "entropy_bits") else None
