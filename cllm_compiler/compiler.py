@@ -16,7 +16,7 @@ from .container import read_container, write_container
 from .reprs import Representation
 from .ir import Model, TensorNode
 from .loading import file_sha256, load_model
-from .passes_base import Pass, PassStats
+from .passes_base import Pass, PassContext, PassStats
 from .passmanager import Instrument, IRDumpInstrument, PassManager, TimingInstrument
 from .pipeline import pipeline_text
 from .targets import Target
@@ -62,6 +62,7 @@ def tensor_table(rows: list[dict[str, Any]], stats: list[PassStats]) -> list[dic
         row["mse"] = q.mse if q else None
         # lossless tensors have infinite SQNR; JSON has no Infinity, so null
         row["sqnr_db"] = q.sqnr_db if q and q.sqnr_db != float("inf") else None
+        row["out_mse"] = q.out_mse if q else None
     return rows
 
 
@@ -141,11 +142,14 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
     if dump_ir:
         pm_instruments.append(IRDumpInstrument(dump_ir))
-    manager = PassManager(passes, pm_instruments)
+    ctx = PassContext(reuse=(Path(out),) if Path(out).is_dir() else ())
+    manager = PassManager(passes, pm_instruments, ctx)
     with atomic_dir(out, force=force) as tmp:
         on_step(f"loading {model_path}")
         model = load_model(model_path)
         source_reps = {n.name: n.rep for n in model}  # lazy handles, no dense copies
+        ctx.workdir, ctx.source = tmp, dict(source_reps)
+        ctx.model_sha256 = str(model.source.get("sha256", ""))
         t_load = time.perf_counter() - t0
         on_step("compressing and writing model.cllm")
         size, stats, rows = compress_and_write(manager, model, tmp / "model.cllm", write_progress)

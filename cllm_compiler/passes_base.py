@@ -9,12 +9,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
 
 from .errors import PassError
 from .ir import ALL_ROLES, ROLE_GROUPS, Model, TensorNode
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
+    from .reprs import Representation
 
 PASSES: dict[str, type["Pass"]] = {}
 
@@ -37,6 +42,7 @@ class TensorStats:
     rep: str
     mse: float | None = None
     sqnr_db: float | None = None
+    out_mse: float | None = None  # output error per element on the calibration tokens
 
     @property
     def bpw(self) -> float:
@@ -49,6 +55,28 @@ class PassStats:
     seconds: float = 0.0
     tensors: list[TensorStats] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PassContext:
+    """What passes share besides the IR (as TVM's PassContext): the artifact folder being written,
+    calibration statistics, the untouched source weights and per-tensor decisions (the allocator's)."""
+
+    workdir: Path | None = None
+    reuse: tuple[Path, ...] = ()  # folders where an earlier calibration may be cached
+    model_sha256: str = ""
+    calib: "Calibration | None" = None
+    source: dict[str, "Representation"] = field(default_factory=dict)
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def original(self, node: TensorNode) -> torch.Tensor:
+        """The tensor's weights as loaded (float32), whatever earlier passes turned it into."""
+        rep = self.source.get(node.name, node.rep)
+        return rep.decode()
+
+    def capture(self, model: Model) -> None:
+        for node in model:
+            self.source.setdefault(node.name, node.rep)
 
 
 def register_pass(cls: type["Pass"]) -> type["Pass"]:
@@ -82,6 +110,9 @@ class Pass:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     default_match: ClassVar[str] = "linear"
+    # Analysis passes read the model and fill the context (calibrate, allocate); they run over the
+    # whole model before the transforms, which may then stream tensor by tensor.
+    analysis: ClassVar[bool] = False
 
     def __init__(self, **kwargs: Any) -> None:
         declared = {p.name: p for p in self.all_params()}
@@ -90,6 +121,7 @@ class Pass:
             raise PassError(f"pass '{self.name}' has no parameter '{unknown[0]}'",
                             hint=f"parameters of {self.name}: {', '.join(declared)}")
         self.on_tensor: Callable[[str], None] | None = None  # set by a progress instrument
+        self.ctx = PassContext()  # replaced by the pass manager's
         self.args: dict[str, Any] = {}
         for p in declared.values():
             self.args[p.name] = self._coerce(p, kwargs.get(p.name, p.default))
@@ -182,3 +214,13 @@ def stats_from_sums(node: TensorNode, err: float, sig: float) -> TensorStats:
     sqnr = 10.0 * math.log10(sig / err) if err > 0 and sig > 0 else float("inf")
     return TensorStats(node.name, node.numel, node.rep.storage_bits(), node.rep.describe(),
                        err / max(node.numel, 1), sqnr)
+
+
+def measure(node: TensorNode, ref: torch.Tensor, new: torch.Tensor, ctx: PassContext) -> TensorStats:
+    """Weight SQNR and, when calibrated, output MSE of `new` (dense) against the original `ref`."""
+    delta = new - ref
+    st = stats_from_sums(node, float(delta.pow(2).sum(dtype=torch.float64)),
+                         float(ref.pow(2).sum(dtype=torch.float64)))
+    if ctx.calib is not None and ctx.calib.has(node.name):
+        st.out_mse = ctx.calib.output_mse(node.name, delta)
+    return st

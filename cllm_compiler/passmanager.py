@@ -14,7 +14,7 @@ import psutil
 
 from .errors import PassError
 from .ir import Model, TensorNode
-from .passes_base import Pass, PassStats
+from .passes_base import Pass, PassContext, PassStats
 
 
 class Instrument:
@@ -53,13 +53,17 @@ class IRDumpInstrument(Instrument):
 
 
 class PassManager:
-    def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None) -> None:
+    def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None,
+                 ctx: PassContext | None = None) -> None:
         self.passes = passes
         self.instruments = list(instruments or [])
+        self.ctx = ctx or PassContext()
+        for p in passes:
+            p.ctx = self.ctx
         self.check()
 
     def check(self) -> None:
-        have: set[str] = set()
+        have: set[str] = {"calibrated"} if self.ctx.calib is not None else set()
         for p in self.passes:
             missing = p.requires - have
             if missing:
@@ -69,22 +73,25 @@ class PassManager:
 
     def run(self, model: Model) -> list[PassStats]:
         """Run each pass over the whole model, one pass after another."""
-        results = []
-        for p in self.passes:
-            for ins in self.instruments:
-                ins.before_pass(p, model)
-            t0 = time.perf_counter()
-            stats = p.run(model)
-            stats.seconds = time.perf_counter() - t0
-            for ins in self.instruments:
-                ins.after_pass(p, model, stats)
-            results.append(stats)
-        return results
+        self.ctx.capture(model)
+        return [self._run_one(p, model) for p in self.passes]
+
+    def _run_one(self, p: Pass, model: Model) -> PassStats:
+        for ins in self.instruments:
+            ins.before_pass(p, model)
+        t0 = time.perf_counter()
+        stats = p.run(model)
+        stats.seconds = time.perf_counter() - t0
+        for ins in self.instruments:
+            ins.after_pass(p, model, stats)
+        return stats
 
     @property
     def streamable(self) -> bool:
-        return all(p.local for p in self.passes) and not any(
-            isinstance(i, IRDumpInstrument) for i in self.instruments)
+        """Analysis passes first, then only local transforms, and no whole-IR dumps."""
+        n = sum(1 for p in self.passes if p.analysis)
+        return (all(p.analysis for p in self.passes[:n]) and all(p.local for p in self.passes[n:])
+                and not any(isinstance(i, IRDumpInstrument) for i in self.instruments))
 
     def stream(self, model: Model, results: list[PassStats]) -> Iterator[TensorNode]:
         """Run the whole pipeline on one tensor at a time, yielding each finished tensor.
@@ -93,12 +100,17 @@ class PassManager:
         `results` receives one PassStats per pass; instruments see every pass start before
         the first tensor and end after the last.
         """
-        results.extend(PassStats(p.spec()) for p in self.passes)
-        for p in self.passes:
+        self.ctx.capture(model)
+        analysis = [p for p in self.passes if p.analysis]
+        transforms = self.passes[len(analysis):]
+        results.extend(self._run_one(p, model) for p in analysis)
+        tstats = [PassStats(p.spec()) for p in transforms]
+        results.extend(tstats)
+        for p in transforms:
             for ins in self.instruments:
                 ins.before_pass(p, model)
         for node in list(model):
-            for p, stats in zip(self.passes, results):
+            for p, stats in zip(transforms, tstats):
                 if p.matches(node):
                     t0 = time.perf_counter()
                     p.apply(node, stats)
@@ -106,6 +118,6 @@ class PassManager:
                     if p.on_tensor is not None:
                         p.on_tensor(node.name)
             yield node
-        for p, stats in zip(self.passes, results):
+        for p, stats in zip(transforms, tstats):
             for ins in self.instruments:
                 ins.after_pass(p, model, stats)

@@ -1,0 +1,121 @@
+"""`calibrate`: run calibration text through the model layer by layer and record, per linear,
+the input Hessian proxy H = X^T X and mean |x| per channel (see `calibration.py`).
+
+The text defaults to a public-domain book packaged with cllm (never WikiText test). Sequences
+are `seqlen` tokens taken at evenly spaced offsets so that `tokens` covers the whole text. The
+statistics go to `calibration.safetensors` in the artifact folder and are reused from there
+(or from `cache=`) when the model, text, tokens and seqlen are the same.
+"""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .. import layerwise
+from ..calibration import FILE, Calibration
+from ..errors import PassError
+from ..ir import Model
+from ..passes_base import Param, Pass, PassStats, register_pass
+
+DEFAULT_TEXT = "moby-dick"
+
+
+def calibration_text(spec: str) -> tuple[str, str]:
+    """(text, sha256) of the packaged book, a .txt file or every .txt in a folder (sorted)."""
+    if spec in ("", DEFAULT_TEXT):
+        text = resources.files("cllm_compiler").joinpath("data/calib/moby-dick.txt").read_text(encoding="utf-8")
+    else:
+        p = Path(spec)
+        files = sorted(p.glob("*.txt")) if p.is_dir() else [p]
+        if not files or not all(f.is_file() for f in files):
+            raise PassError(f"calibration text {spec} does not exist or holds no .txt files",
+                            hint="give data=FILE.txt or a folder of .txt files (e.g. ../shared/data/train)")
+        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    if "= Robert Boulter =" in text[:2000]:  # the first article of WikiText-2 test
+        raise PassError("refusing to calibrate on WikiText-2 test text", hint="it is the evaluation set")
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def sample(ids: torch.Tensor, tokens: int, seqlen: int) -> torch.Tensor:
+    """[n, seqlen] windows at evenly spaced offsets, n = ceil(tokens / seqlen)."""
+    if ids.numel() < seqlen:
+        raise PassError(f"calibration text has {ids.numel()} tokens, fewer than seqlen={seqlen}",
+                        hint="give more text or a smaller seqlen")
+    n = -(-tokens // seqlen)
+    span = ids.numel() - seqlen
+    starts = [i * span // max(n - 1, 1) for i in range(n)]
+    return torch.stack([ids[s:s + seqlen] for s in starts])
+
+
+@register_pass
+class CalibratePass(Pass):
+    name = "calibrate"
+    help = "record per-linear input statistics (X^T X, mean |x|) on calibration text, layer by layer"
+    params = (
+        Param("tokens", int, 32768, "calibration tokens", check=lambda n: n >= 1),
+        Param("seqlen", int, 512, "tokens per calibration sequence", check=lambda n: n >= 2),
+        Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
+        Param("cache", str, "", "a calibration.safetensors (or folder holding one) to reuse when it matches"),
+    )
+    provides = frozenset({"calibrated"})
+    default_match = "all"
+    analysis = True
+
+    def run(self, model: Model) -> PassStats:
+        stats = PassStats(self.spec())
+        text, text_sha = calibration_text(self.args["data"])
+        key = {"model": self.ctx.model_sha256 or _weights_fingerprint(model), "text": text_sha,
+               "tokens": self.args["tokens"], "seqlen": self.args["seqlen"]}
+        cal = self._cached(key)
+        if cal is None:
+            cal = self._collect(model, text, key)
+            stats.notes.append(f"calibrated on {cal.tokens} tokens ({self.args['seqlen']}-token sequences)")
+        else:
+            stats.notes.append(f"calibration reused from cache ({cal.tokens} tokens)")
+        if self.ctx.workdir is not None:
+            cal.save(self.ctx.workdir / FILE)
+        self.ctx.calib = cal
+        return stats
+
+    def _cached(self, key: dict) -> Calibration | None:
+        places = [Path(self.args["cache"])] if self.args["cache"] else []
+        for p in [*places, *self.ctx.reuse]:
+            cal = Calibration.load(p / FILE if p.is_dir() else p, key)
+            if cal is not None:
+                return cal
+        return None
+
+    def _collect(self, model: Model, text: str, key: dict) -> Calibration:
+        if model.tokenizer is None:
+            raise PassError("the model has no tokenizer, so calibration text cannot be tokenized",
+                            hint="give a model folder with tokenizer.json or a GGUF with its vocab")
+        ids = torch.tensor(model.tokenizer.load().encode(text, add_special_tokens=False).ids, dtype=torch.long)
+        if ids.numel() and int(ids.max()) >= model.config.vocab_size:
+            raise PassError("the tokenizer yields ids beyond the embedding table", hint="tokenizer/model mismatch")
+        batch = sample(ids, self.args["tokens"], min(self.args["seqlen"], model.config.max_position_embeddings))
+        cal = Calibration(key)
+
+        def hook(name: str, x: torch.Tensor) -> None:
+            cal.observe(name, x)
+            if self.on_tensor is not None and name.endswith("q_proj.weight"):
+                self.on_tensor(name)
+        layerwise.run(model, batch, hook)
+        if model.config.tie_word_embeddings:  # the embedding is also the output projection
+            cal.alias["model.embed_tokens.weight"] = "lm_head.weight"
+        cal.finish(batch.numel())
+        return cal
+
+    def count(self, model: Model) -> int:
+        return model.config.num_layers
+
+
+def _weights_fingerprint(model: Model) -> str:
+    """Hash of the model's weights, for models built in memory (no source file hash)."""
+    h = hashlib.sha256()
+    for node in model:
+        h.update(node.name.encode())
+        h.update(node.rep.decode().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,164 @@
+"""`gptq`: Hessian-aware rounding with error feedback (Frantar et al., 2023, "GPTQ").
+
+Columns are rounded one at a time onto a grid; each rounding error is spread over the columns
+not yet rounded through the inverse Hessian's Cholesky factor, in lazy blocks of `block`
+columns. The grid is the uniform int format of `quant` (groups fitted on the error-updated
+weights as GPTQ does, or fitted up front with static=true, which act-order requires because
+our groups are contiguous), or whatever grid the tensor already has: a `codebook` LUT or an
+earlier `quant` — so `codebook{bits=3},gptq` rounds onto the learned codebook with feedback.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..errors import PassError
+from ..ir import TensorNode
+from ..passes_base import Param, Pass, PassStats, measure, register_pass
+from ..reprs import Quantized, Representation
+from .quant import _quantize_block, group_size
+
+
+class Grid(Protocol):
+    group: int  # >0: call fit() at the start of every group of columns (dynamic groups)
+
+    def fit(self, x: torch.Tensor, gi: int) -> None: ...
+
+    def round(self, w: torch.Tensor, col: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def build(self, codes: torch.Tensor) -> Representation: ...
+
+
+class UniformGrid:
+    """Per-group uniform grid of `quant` (int zero point, fp16 min, or symmetric)."""
+
+    def __init__(self, rows: int, cols: int, bits: int, group: int, sym: bool, zero: str,
+                 start: Quantized | None = None) -> None:
+        self.bits, self.g, self.sym, self.zero = bits, group or cols, sym, zero
+        ng = -(-cols // self.g)
+        self.scale = torch.ones(rows, ng)
+        self.offset = torch.zeros(rows, ng)  # w = code * scale - offset
+        self.q = start
+        self.group = 0 if start is not None else self.g
+        if start is not None:
+            for gi in range(ng):
+                self._take(start, gi)
+
+    def _take(self, q: Quantized, gi: int, src: int | None = None) -> None:
+        s = torch.from_numpy(q.scales[:, gi if src is None else src].astype(np.float32))
+        self.scale[:, gi] = s
+        if q.mins is not None:
+            self.offset[:, gi] = -torch.from_numpy(q.mins[:, gi if src is None else src].astype(np.float32))
+        else:
+            z = (torch.from_numpy(q.zeros[:, gi if src is None else src].astype(np.float32)) if q.zeros is not None
+                 else torch.full_like(s, float(1 << (q.bits - 1))))
+            self.offset[:, gi] = z * s
+        self.q = q if self.q is None else self.q
+
+    def fit(self, x: torch.Tensor, gi: int) -> None:
+        q = _quantize_block(x, self.bits, x.shape[1], self.sym, self.zero)
+        if gi == 0:
+            self.parts: list[Quantized] = []
+        self.parts.append(q)
+        self._take(q, gi, 0)
+
+    def round(self, w: torch.Tensor, col: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gi = col // self.g
+        s, off = self.scale[:, gi], self.offset[:, gi]
+        codes = torch.clamp(torch.round((w + off) / s), 0, (1 << self.bits) - 1)
+        return codes * s - off, codes
+
+    def build(self, codes: torch.Tensor) -> Quantized:
+        c = codes.to(torch.uint8).numpy()
+        if self.group:  # dynamic: the fitted groups carry the scales
+            ps = self.parts
+            cat = lambda xs: None if xs[0] is None else np.concatenate(xs, axis=1)  # noqa: E731
+            return Quantized(c, cat([p.scales for p in ps]), cat([p.zeros for p in ps]), self.bits, self.g,
+                             cat([p.mins for p in ps]))
+        q = self.q
+        return Quantized(c, q.scales, q.zeros, q.bits, q.group, q.mins)
+
+
+def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block: int = 128,
+         act_order: bool = False) -> torch.Tensor:
+    """Round `w` [rows, cols] onto `grid` with GPTQ error feedback; returns the codes."""
+    W = w.clone().to(torch.float32)
+    H = H.clone().to(torch.float64)
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    cols = W.shape[1]
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    H.diagonal().add_(damp * H.diagonal().mean())
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).to(torch.float32)
+    except torch.linalg.LinAlgError:
+        raise PassError("the calibration Hessian is not positive definite even after dampening",
+                        hint="raise damp= (e.g. 0.1) or calibrate on more tokens") from None
+    codes = torch.zeros_like(W)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            if grid.group and (i1 + i) % grid.group == 0:  # dynamic groups see the updated weights
+                grid.fit(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :grid.group], (i1 + i) // grid.group)
+            q, c = grid.round(W1[:, i], col)
+            codes[:, i1 + i] = c
+            err = (W1[:, i] - q) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return codes[:, torch.argsort(perm)]
+
+
+@register_pass
+class GPTQPass(Pass):
+    name = "gptq"
+    help = "GPTQ: Hessian-based rounding with error feedback onto int (or the tensor's codebook) grid"
+    params = (
+        Param("bits", int, 4, "bits per weight code when the tensor is still dense", check=lambda b: 2 <= b <= 8),
+        Param("group", group_size, 128, "weights per scale along the input dim; 'channel' = per row"),
+        Param("sym", bool, False, "symmetric grid"),
+        Param("zero", str, "int", "asymmetric offset: int zero point or float (fp16 min)", choices=("int", "float")),
+        Param("damp", float, 0.01, "dampening, as a fraction of the mean Hessian diagonal", check=lambda d: d > 0),
+        Param("block", int, 128, "columns per lazy batch update", check=lambda b: b >= 1),
+        Param("act_order", bool, False, "round columns by decreasing Hessian diagonal (implies static groups)"),
+        Param("static", bool, False, "fit group scales on the original weights before rounding"),
+    )
+    requires = frozenset({"calibrated"})
+    provides = frozenset({"quantized"})
+
+    def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if self.ctx.calib is None or not self.ctx.calib.has(node.name):
+            stats.notes.append(f"{node.name}: no calibration statistics, left as is")
+            return
+        grid = self.grid(node)
+        if grid is None:
+            stats.notes.append(f"{node.name}: GPTQ cannot round a {node.rep.describe()} tensor, left as is")
+            return
+        w = self.ctx.original(node)
+        codes = gptq(w, self.ctx.calib.H(node.name), grid, self.args["damp"], self.args["block"],
+                     self.args["act_order"])
+        node.rep = grid.build(codes)
+        stats.tensors.append(measure(node, w, node.rep.decode(), self.ctx))
+
+    def grid(self, node: TensorNode) -> Grid | None:
+        rows, cols = node.shape
+        rep = node.rep
+        if isinstance(rep, Quantized):
+            return UniformGrid(rows, cols, rep.bits, rep.group, rep.symmetric, "float" if rep.mins is not None else "int", rep)
+        if hasattr(rep, "grid"):
+            return rep.grid()  # e.g. a codebook
+        if rep.kind != "dense":
+            return None
+        a = self.args
+        if a["static"] or a["act_order"]:
+            from .quant import quantize_rtn
+            start = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"])
+            return UniformGrid(rows, cols, a["bits"], a["group"], a["sym"], a["zero"], start)
+        return UniformGrid(rows, cols, a["bits"], a["group"], a["sym"], a["zero"])
