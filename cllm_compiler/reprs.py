@@ -288,8 +288,12 @@ class Encoded(Representation):
     def describe(self) -> str:
         inner = REPRESENTATIONS[self.inner_kind]
         codecs = sorted({c.codec for c in self.payload.values()})
-        base = (f"int{self.inner_meta['bits']} g{self.inner_meta['group']}" if inner is Quantized
-                else self.inner_meta.get("dtype", self.inner_kind))
+        if inner is Quantized:
+            base = f"int{self.inner_meta['bits']} g{self.inner_meta['group']}"
+        elif hasattr(inner, "describe_meta"):
+            base = inner.describe_meta(self.inner_meta)  # type: ignore[attr-defined]
+        else:
+            base = self.inner_meta.get("dtype", self.inner_kind)
         return f"{base} + {'/'.join(codecs)}"
 
 
@@ -324,3 +328,6 @@ def rep_from_coded(kind: str, meta: dict[str, Any], coded: dict[str, Coded], sha
     if all(c.codec == "raw" for c in coded.values()):
         return rep_from_record(kind, meta, {n: c.data for n, c in coded.items()}, shape, tensor)
     return Encoded(kind, meta, coded, shape)
+
+
+from . import reprs_codebook  # noqa: E402,F401  (registers the codebook representation)
