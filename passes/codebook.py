@@ -137,6 +137,9 @@ class CodebookPass(Pass):
         if not 1 <= kbits <= 8:
             raise PassError(f"bits={a['bits']} with d={a['d']}, stages={a['stages']} needs {kbits}-bit indices",
                             tensor=node.name, hint="indices are 1-8 bits: raise stages= or lower d=")
+        if abs(kbits * a["stages"] / a["d"] - a["bits"]) > 1e-9:
+            raise PassError(f"bits={a['bits']} is not reachable with d={a['d']}, stages={a['stages']}",
+                            tensor=node.name, hint=f"bits/weight = kbits * stages / d, e.g. {kbits * a['stages'] / a['d']:g}")
         if a["scope"] == "row" and (a["d"] > 1 or a["stages"] > 1):
             raise PassError("per-row codebooks are scalar and single-stage", tensor=node.name,
                             hint="use scope=tensor for d > 1 or stages > 1")
