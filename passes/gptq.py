@@ -99,12 +99,15 @@ def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block
         raise PassError("the calibration Hessian is not positive definite even after dampening",
                         hint="raise damp= (e.g. 0.1) or calibrate on more tokens") from None
     codes = torch.zeros_like(W)
+    prune = getattr(grid, "prune", None)  # SparseGPT chooses masks inside this loop
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = int(perm[i1 + i])
+            if prune is not None:
+                prune(W1[:, i:], Hinv1.diagonal()[i:], i1 + i)
             if grid.group and (i1 + i) % grid.group == 0:  # dynamic groups see the updated weights
                 grid.fit(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :grid.group], (i1 + i) // grid.group)
             q, c = grid.round(W1[:, i], col)
@@ -152,6 +155,10 @@ class GPTQPass(Pass):
         rep = node.rep
         if isinstance(rep, Quantized):
             return UniformGrid(rows, cols, rep.bits, rep.group, rep.symmetric, "float" if rep.mins is not None else "int", rep)
+        from ..reprs_sparse import Sparse
+        if isinstance(rep, Sparse) and isinstance(rep.values, Quantized):
+            from .nm import SparseQuantGrid
+            return SparseQuantGrid(rep)
         if hasattr(rep, "grid"):
             return rep.grid()  # e.g. a codebook
         if rep.kind != "dense":

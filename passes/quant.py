@@ -13,8 +13,9 @@ import torch
 
 from ..errors import PassError
 from ..ir import TensorNode
-from ..passes_base import Param, Pass, PassStats, register_pass, stats_from_sums
+from ..passes_base import Param, Pass, PassStats, measure, register_pass, stats_from_sums
 from ..reprs import Quantized
+from ..reprs_sparse import Sparse
 
 
 def group_size(value: object) -> int:
@@ -120,6 +121,8 @@ class QuantPass(Pass):
     provides = frozenset({"quantized"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if isinstance(node.rep, Sparse) and node.rep.values.kind == "dense":
+            return self._sparse_values(node, stats)
         if node.rep.kind != "dense":
             stats.notes.append(f"{node.name}: already {node.rep.describe()}, left as is")
             return
@@ -132,3 +135,12 @@ class QuantPass(Pass):
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
         node.rep = q
         stats.tensors.append(stats_from_sums(node, err, sig))
+
+    def _sparse_values(self, node: TensorNode, stats: PassStats) -> None:
+        """Quantize the kept values of a pruned tensor (groups run over kept values)."""
+        sp = node.rep
+        vals = sp.values.decode()  # type: ignore[attr-defined]
+        a = self.args
+        q = quantize_rtn(vals, a["bits"], a["group"], a["sym"], a["zero"])
+        node.rep = Sparse(sp.mask, q, sp.n, sp.m)  # type: ignore[attr-defined]
+        stats.tensors.append(measure(node, self.ctx.original(node), node.rep.decode(), self.ctx))
