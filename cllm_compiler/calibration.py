@@ -8,6 +8,7 @@ input (q/k/v, gate/up) share one entry. Stored as safetensors, keyed by what pro
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ class Calibration:
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
-        tensors = {f"{k}::H": v.contiguous() for k, v in self.hessian.items()}
+        # H is symmetric: store its upper triangle only (halves a file that is in^2 floats per input)
+        tensors = {f"{k}::H": v[tuple(torch.triu_indices(*v.shape))].contiguous() for k, v in self.hessian.items()}
         tensors |= {f"{k}::absmean": v.contiguous() for k, v in self.absmean.items()}
         meta = {"key": json.dumps(self.key, sort_keys=True), "tokens": str(self.tokens),
                 "alias": json.dumps(self.alias, sort_keys=True)}
@@ -113,7 +115,15 @@ class Calibration:
                 cal = cls(key, tokens=int(meta["tokens"]), alias=dict(json.loads(meta["alias"])))
                 for name in f.keys():
                     base, kind = re.fullmatch(r"(.+)::(H|absmean)", name).groups()  # type: ignore[union-attr]
-                    (cal.hessian if kind == "H" else cal.absmean)[base] = f.get_tensor(name)
+                    t = f.get_tensor(name)
+                    if kind == "H":
+                        n = int((math.isqrt(8 * t.numel() + 1) - 1) // 2)
+                        full = torch.zeros(n, n)
+                        iu = tuple(torch.triu_indices(n, n))
+                        full[iu] = t
+                        full.T[iu] = t
+                        t = full
+                    (cal.hessian if kind == "H" else cal.absmean)[base] = t
                 return cal
         except Exception:  # noqa: BLE001  (safetensors raises its own error types)
             return None  # a damaged cache is recomputed, never trusted

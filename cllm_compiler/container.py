@@ -63,6 +63,29 @@ def write_container(model: Model, path: Path, progress: Callable[[str], None] | 
         spill.unlink(missing_ok=True)
 
 
+def record_nbytes(node: TensorNode) -> int:
+    """Bytes `node` will add to a container: payload, alignment (on average) and header record.
+    Lets the allocator budget whole-file bits before anything is written."""
+    kind, meta, coded = coded_buffers(node.rep)
+    bufs = [{"name": n, "codec": c.codec, "params": c.params, "offset": 10**8, "length": len(c.data),
+             "raw_length": c.raw_len, "sha256": "0" * 64, "raw_sha256": "0" * 64} for n, c in coded.items()]
+    rec = {"name": node.name, "shape": list(node.shape), "role": node.role, "rep": kind, "meta": meta, "buffers": bufs}
+    return sum(len(c.data) + ALIGN // 2 for c in coded.values()) + len(canonical(rec)) + 1
+
+
+def fixed_nbytes(model: Model) -> int:
+    """Container bytes that do not belong to any tensor: prefix, footer, tokenizer, header skeleton."""
+    import zstandard
+    tok = 0
+    if model.tokenizer is not None:
+        tok = len(zstandard.ZstdCompressor(level=19, threads=0).compress(model.tokenizer.tokenizer_json.encode()))
+        tok += 400 + len(canonical(model.tokenizer.chat_template or ""))
+    skeleton = canonical({"format": "cllm", "version": VERSION, "config": schema.config_to_json(model.config),
+                          "tensors": [], "payload_length": 10**9, "num_params": model.num_params,
+                          "source": portable_source(model.source)})
+    return PREFIX.size + FOOTER.size + tok + len(skeleton) + ALIGN
+
+
 def portable_source(source: dict[str, Any]) -> dict[str, Any]:
     """What the container records of the source: its hash and file name, never a local path,
     so the same model compiled from two folders gives the same bytes (the manifest has the path)."""

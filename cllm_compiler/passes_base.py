@@ -68,11 +68,19 @@ class PassContext:
     calib: "Calibration | None" = None
     source: dict[str, "Representation"] = field(default_factory=dict)
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipeline: list["Pass"] = field(default_factory=list)  # set by the pass manager
+    simulating: bool = False  # the allocator is trying a candidate: skip quality statistics
+
+    _last: tuple[str, torch.Tensor] | None = None
 
     def original(self, node: TensorNode) -> torch.Tensor:
-        """The tensor's weights as loaded (float32), whatever earlier passes turned it into."""
-        rep = self.source.get(node.name, node.rep)
-        return rep.decode()
+        """The tensor's weights as loaded (float32), whatever earlier passes turned it into.
+        The last one is kept: several passes (and the allocator's candidates) ask in a row."""
+        if node.name not in self.source:
+            return node.rep.decode()
+        if self._last is None or self._last[0] != node.name:
+            self._last = (node.name, self.source[node.name].decode())
+        return self._last[1]
 
     def capture(self, model: Model) -> None:
         for node in model:
@@ -156,6 +164,14 @@ class Pass:
             raise PassError(f"{self.name}: {p.name}={value!r} is out of range", hint=p.help)
         return value
 
+    def args_for(self, node: TensorNode) -> dict[str, Any]:
+        """This pass's arguments for `node`, with the allocator's per-tensor choices applied."""
+        plan = self.ctx.plan.get(node.name)
+        if not plan:
+            return self.args
+        declared = {p.name: p for p in self.all_params()}
+        return {**self.args, **{k: self._coerce(declared[k], v) for k, v in plan.items() if k in declared}}
+
     def matches(self, node: TensorNode) -> bool:
         if node.role not in self.roles:
             return False
@@ -216,9 +232,11 @@ def stats_from_sums(node: TensorNode, err: float, sig: float) -> TensorStats:
                        err / max(node.numel, 1), sqnr)
 
 
-def measure(node: TensorNode, ref: torch.Tensor, new: torch.Tensor, ctx: PassContext) -> TensorStats:
-    """Weight SQNR and, when calibrated, output MSE of `new` (dense) against the original `ref`."""
-    delta = new - ref
+def measure(node: TensorNode, ref: torch.Tensor, ctx: PassContext) -> TensorStats:
+    """Weight SQNR and, when calibrated, output MSE of the node's new representation against `ref`."""
+    if ctx.simulating:
+        return TensorStats(node.name, node.numel, 0, "simulated")
+    delta = node.rep.decode() - ref
     st = stats_from_sums(node, float(delta.pow(2).sum(dtype=torch.float64)),
                          float(ref.pow(2).sum(dtype=torch.float64)))
     if ctx.calib is not None and ctx.calib.has(node.name):

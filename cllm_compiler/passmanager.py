@@ -58,6 +58,7 @@ class PassManager:
         self.passes = passes
         self.instruments = list(instruments or [])
         self.ctx = ctx or PassContext()
+        self.ctx.pipeline = list(passes)
         for p in passes:
             p.ctx = self.ctx
         self.check()

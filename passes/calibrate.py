@@ -55,7 +55,7 @@ class CalibratePass(Pass):
     name = "calibrate"
     help = "record per-linear input statistics (X^T X, mean |x|) on calibration text, layer by layer"
     params = (
-        Param("tokens", int, 32768, "calibration tokens", check=lambda n: n >= 1),
+        Param("tokens", int, 16384, "calibration tokens", check=lambda n: n >= 1),
         Param("seqlen", int, 512, "tokens per calibration sequence", check=lambda n: n >= 2),
         Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
         Param("cache", str, "", "a calibration.safetensors (or folder holding one) to reuse when it matches"),

@@ -132,7 +132,7 @@ class CodebookPass(Pass):
     provides = frozenset({"quantized"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
-        a = self.args
+        a = self.args_for(node)
         kbits = round(a["bits"] * a["d"] / a["stages"])
         if not 1 <= kbits <= 8:
             raise PassError(f"bits={a['bits']} with d={a['d']}, stages={a['stages']} needs {kbits}-bit indices",
@@ -154,4 +154,4 @@ class CodebookPass(Pass):
              else torch.ones(node.shape[1]))
         h = h / h.mean().clamp_min(1e-30)
         node.rep = fit(w, h, kbits, a["d"], a["stages"], a["scope"], a["group"], a["iters"])
-        stats.tensors.append(measure(node, w, node.rep.decode(), self.ctx))
+        stats.tensors.append(measure(node, w, self.ctx))

@@ -148,7 +148,7 @@ class GPTQPass(Pass):
         codes = gptq(w, self.ctx.calib.H(node.name), grid, self.args["damp"], self.args["block"],
                      self.args["act_order"])
         node.rep = grid.build(codes)
-        stats.tensors.append(measure(node, w, node.rep.decode(), self.ctx))
+        stats.tensors.append(measure(node, w, self.ctx))
 
     def grid(self, node: TensorNode) -> Grid | None:
         rows, cols = node.shape
@@ -163,7 +163,7 @@ class GPTQPass(Pass):
             return rep.grid()  # e.g. a codebook
         if rep.kind != "dense":
             return None
-        a = self.args
+        a = self.args_for(node)
         if a["static"] or a["act_order"]:
             from .quant import quantize_rtn
             start = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"])

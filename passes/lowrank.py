@@ -62,7 +62,7 @@ class LowRankPass(Pass):
     provides = frozenset({"lowrank"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
-        a = self.args
+        a = self.args_for(node)
         if not (a["rank"] or a["energy"] or a["bpw"]):
             raise PassError("lowrank needs rank=, energy= or bpw=", tensor=node.name, hint="e.g. lowrank{rank=32}")
         if len(node.shape) != 2:
@@ -80,4 +80,4 @@ class LowRankPass(Pass):
         r = choose_rank(sig, node.shape, a["rank"], a["energy"], a["bpw"], DTYPES[a["dtype"]][1])  # type: ignore[arg-type]
         root = sig[:r].sqrt()
         node.rep = LowRank((U[:, :r] * root).float(), (root[:, None] * Vt[:r]).float(), base, a["dtype"])
-        stats.tensors.append(measure(node, w, node.rep.decode(), self.ctx))
+        stats.tensors.append(measure(node, w, self.ctx))

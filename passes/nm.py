@@ -107,7 +107,7 @@ class NMPass(Pass):
     provides = frozenset({"sparse"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
-        a = self.args
+        a = self.args_for(node)
         if a["m"] and not a["n"] < a["m"]:
             raise PassError(f"N:M = {a['n']}:{a['m']} keeps everything", hint="choose n < m (2:4, 4:8)")
         if node.rep.kind != "dense" or len(node.shape) != 2 or (a["m"] and node.shape[1] % a["m"]):
@@ -126,4 +126,4 @@ class NMPass(Pass):
         else:
             score = w.abs() * (cal.input_norm(node.name)[None] if a["method"] == "wanda" else 1)  # type: ignore[union-attr]
             node.rep = _sparse(w, keep_mask(score, n, m, a["sparsity"]), n, m)
-        stats.tensors.append(measure(node, w, node.rep.decode(), self.ctx))
+        stats.tensors.append(measure(node, w, self.ctx))

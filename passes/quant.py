@@ -129,8 +129,9 @@ class QuantPass(Pass):
         if len(node.shape) != 2:
             raise PassError(f"cannot quantize a {len(node.shape)}-D tensor", tensor=node.name,
                             hint="add it to skip= or narrow match=")
-        q, err, sig = quantize_rows(node.rep.rows, node.shape, self.args["bits"],  # type: ignore[attr-defined]
-                                    self.args["group"], self.args["sym"], self.args["zero"], node.name)
+        a = self.args_for(node)
+        q, err, sig = quantize_rows(node.rep.rows, node.shape, a["bits"],  # type: ignore[attr-defined]
+                                    a["group"], a["sym"], a["zero"], node.name)
         if not np.isfinite(q.scales).all():
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
         node.rep = q
@@ -140,7 +141,7 @@ class QuantPass(Pass):
         """Quantize the kept values of a pruned tensor (groups run over kept values)."""
         sp = node.rep
         vals = sp.values.decode()  # type: ignore[attr-defined]
-        a = self.args
+        a = self.args_for(node)
         q = quantize_rtn(vals, a["bits"], a["group"], a["sym"], a["zero"])
         node.rep = Sparse(sp.mask, q, sp.n, sp.m)  # type: ignore[attr-defined]
-        stats.tensors.append(measure(node, self.ctx.original(node), node.rep.decode(), self.ctx))
+        stats.tensors.append(measure(node, self.ctx.original(node), self.ctx))

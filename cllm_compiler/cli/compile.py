@@ -16,10 +16,18 @@ examples:
   cllm-compile model.gguf --target jetson-orin-nano-8gb -o orin/
   cllm-compile hf_dir/ --pipeline "quant{bits=3,group=64},entropy{codec=zstd}" --eval-windows 8
   cllm-compile hf_dir/ --recipe recipe.yaml
+  cllm-compile --budget 3.5                      # per-tensor bits chosen to fit 3.5 bits/weight on disk
+  cllm-compile -p "calibrate,gptq{bits=3,group=128},entropy"               # GPTQ
+  cllm-compile -p "calibrate,codebook{bits=3},gptq,entropy{codec=rans}"    # SqueezeLLM-style LUTs + GPTQ
+  cllm-compile -p "calibrate,nm{n=2,m=4,method=sparsegpt},quant{bits=4,group=64},gptq,entropy"
+  cllm-compile -p "calibrate,quant{bits=3,group=128},lowrank{rank=16},entropy"   # int3 + low-rank fix
 
 pipeline syntax: pass{key=value,...},pass,...   (see --list-passes)
   quant{bits=2..8,group=32|64|128|channel,sym=false,match=linear,skip=REGEX}
-  cast{dtype=f16}      entropy{codec=zstd,level=9}
+  cast{dtype=f16}      entropy{codec=auto|rans|zstd|raw}
+  calibrate{tokens=32768,seqlen=512,data=moby-dick|FILE|DIR}   gptq{bits,group,act_order,damp}
+  codebook{bits,d=1|2|4|8,stages,scope=row|tensor,group}   nm{n,m,sparsity,method=magnitude|wanda|sparsegpt}
+  lowrank{mode=svd|correct,rank|energy|bpw,whiten}   allocate{budget,choices=bits=2|3|4;group=64|128}
   match= takes roles joined by '|': linear attn mlp embed lm_head norm bias attn_q ... mlp_down
 """
 
@@ -32,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--pipeline", "-p", help="pipeline string (default: the target's default pipeline)")
     g.add_argument("--recipe", type=Path, help="YAML recipe with a 'pipeline:' list")
+    ap.add_argument("--budget", type=float, metavar="BPW",
+                    help="bits/weight of the whole file: per-tensor bits chosen by the allocator "
+                         "(uses the pipeline's allocate pass, or a calibrate+allocate+GPTQ pipeline)")
     ap.add_argument("-o", "--out", type=Path, help="artifact folder (default: out/<model>-<target>)")
     ap.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     ap.add_argument("--eval-windows", type=int, default=4, metavar="N",
@@ -41,6 +52,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--list-targets", action="store_true", help="list targets and exit")
     ap.add_argument("--list-passes", action="store_true", help="list passes with their parameters and exit")
     return ap.parse_args(argv)
+
+
+BUDGET_PIPELINE = ("calibrate,allocate{{budget={budget},choices=bits=2|3|4|5|6|8}},"
+                   "gptq{{match=linear|embed|lm_head}},quant{{match=embed|lm_head}},entropy")
+
+
+def apply_budget(passes: list, budget: float) -> None:
+    from ..errors import PipelineError
+    alloc = [p for p in passes if p.name == "allocate"]
+    if not alloc:
+        raise PipelineError("--budget needs an allocate pass in the pipeline",
+                            hint="add calibrate,allocate before the quantizing passes, or drop --pipeline")
+    for p in alloc:
+        p.args["budget"] = alloc[0]._coerce(next(q for q in p.all_params() if q.name == "budget"), budget)
 
 
 def list_passes() -> None:
@@ -84,7 +109,11 @@ def _main(argv: list[str] | None) -> int:
     from ..errors import CllmError
     from ..pipeline import load_recipe, parse_pipeline
     target = get_target(args.target)
+    if args.budget is not None and not (args.pipeline or args.recipe):
+        args.pipeline = BUDGET_PIPELINE.format(budget=args.budget)
     passes = (load_recipe(args.recipe) if args.recipe else parse_pipeline(args.pipeline or target.default_pipeline))
+    if args.budget is not None:
+        apply_budget(passes, args.budget)
     model_path = Path(args.model) if args.model else default_model_path()
     if not model_path.exists():  # fail before any work or output
         from ..errors import LoadError

@@ -1,0 +1,151 @@
+"""`allocate`: per-tensor choice of bits (or rank, or any planned parameter) under a global
+bits-per-weight budget counted in file bytes, solved as a rate-distortion problem.
+
+For every matched tensor and every choice (e.g. bits=2|3|4|5|6|8) the rest of the pipeline
+is simulated on that tensor alone (GPTQ, codebooks, entropy coding: whatever follows), so each
+candidate's rate is its exact bytes in the container and its distortion is the measured
+output error on the calibration tokens, tr((W'-W) H (W'-W)^T). The Lagrangian
+min sum D + lambda R is bisected on lambda to fit the budget, then the leftover bits go to
+the upgrades with the best distortion drop per bit. Later passes read the choices from the
+pass context. Tensors without calibration statistics count weight error, scaled by the mean
+input energy of the calibrated ones.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+
+from ..container import fixed_nbytes, record_nbytes
+from ..errors import PassError
+from ..ir import Model, TensorNode
+from ..passes_base import Param, Pass, PassStats, register_pass
+
+Option = tuple[float, float]  # (bits in the file, distortion)
+
+
+def parse_choices(text: str) -> list[dict[str, str]]:
+    """'bits=2|3|4;group=64|128' -> every combination as a plan {param: value}."""
+    axes = []
+    for part in filter(None, text.split(";")):
+        key, _, vals = part.partition("=")
+        values = [v for v in vals.split("|") if v]
+        if not key.strip() or not values:
+            raise ValueError(text)
+        axes.append([(key.strip(), v) for v in values])
+    if not axes:
+        raise ValueError(text)
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def solve(options: list[list[Option]], budget_bits: float) -> list[int]:
+    """Choose one option per item minimising total distortion with total rate <= budget."""
+    def pick(lam: float) -> list[int]:
+        return [min(range(len(o)), key=lambda i, o=o: (o[i][1] + lam * o[i][0], o[i][0])) for o in options]
+
+    def rate(ch: list[int]) -> float:
+        return sum(o[c][0] for o, c in zip(options, ch))
+    lo, hi = 0.0, 1.0
+    while rate(pick(hi)) > budget_bits and hi < 1e30:
+        hi *= 4
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if rate(pick(mid)) <= budget_bits else (mid, hi)
+    choice = pick(hi)
+    left = budget_bits - rate(choice)
+    while True:  # greedy fill: best distortion drop per extra bit that still fits
+        best = None
+        for t, o in enumerate(options):
+            r0, d0 = o[choice[t]]
+            for i, (r, d) in enumerate(o):
+                if d < d0 and 0 < r - r0 <= left:
+                    gain = (d0 - d) / (r - r0)
+                    if best is None or gain > best[0]:
+                        best = (gain, t, i, r - r0)
+        if best is None:
+            return choice
+        choice[best[1]] = best[2]
+        left -= best[3]
+
+
+@register_pass
+class AllocatePass(Pass):
+    name = "allocate"
+    help = "choose per-tensor bits (or rank, ...) to meet a file bits/weight budget at least output error"
+    params = (
+        Param("budget", float, 4.0, "bits per weight of the whole file (headers, codebooks, scales included)",
+              check=lambda b: b > 0),
+        Param("choices", str, "bits=2|3|4|5|6|8",
+              "plans tried per tensor by later passes: param=v|v|...[;param=v|...] (all combinations)"),
+    )
+    requires = frozenset({"calibrated"})
+    provides = frozenset({"allocated"})
+    default_match = "linear|embed|lm_head"
+    analysis = True
+
+    def run(self, model: Model) -> PassStats:
+        stats = PassStats(self.spec())
+        try:
+            plans = parse_choices(self.args["choices"])
+        except ValueError:
+            raise PassError(f"choices={self.args['choices']!r} is not 'param=v1|v2|...'",
+                            hint="e.g. bits=2|3|4 or bits=3|4;group=64|128") from None
+        later = self.ctx.pipeline[self.ctx.pipeline.index(self) + 1:] if self in self.ctx.pipeline else []
+        nodes = [n for n in model if self.matches(n)]
+        if not nodes:
+            raise PassError("allocate matches no tensor", hint="check match=/names=")
+        fixed_bits = 8 * fixed_nbytes(model) + sum(8 * record_nbytes(self._simulate(n, later, {}))
+                                                   for n in model if not self.matches(n))
+        scale = self._uncalibrated_scale(nodes)
+        options = []
+        for node in nodes:
+            options.append([self._candidate(node, later, plan, scale) for plan in plans])
+            if self.on_tensor is not None:
+                self.on_tensor(node.name)
+        budget = self.args["budget"] * model.num_params - fixed_bits
+        floor = sum(min(r for r, _ in o) for o in options)
+        if floor > budget:
+            raise PassError(f"budget {self.args['budget']} bits/weight is below the smallest reachable "
+                            f"{(floor + fixed_bits) / model.num_params:.3f}",
+                            hint="raise budget= or add smaller choices (e.g. bits=2)")
+        choice = solve(options, budget)
+        total = fixed_bits
+        for node, o, c in zip(nodes, options, choice):
+            self.ctx.plan[node.name] = plans[c]
+            total += o[c][0]
+        stats.notes.append(f"allocated {len(nodes)} tensors: predicted {total / model.num_params:.4f} "
+                           f"bits/weight for a budget of {self.args['budget']}")
+        stats.notes += [f"{n.name}: " + ",".join(f"{k}={v}" for k, v in plans[c].items()) for n, c in zip(nodes, choice)]
+        return stats
+
+    def _simulate(self, node: TensorNode, later: list[Pass], plan: dict) -> TensorNode:
+        """`node` after the rest of the pipeline with `plan` applied (the model is untouched)."""
+        tmp = copy.copy(node)
+        saved = self.ctx.plan.get(node.name)
+        self.ctx.plan[node.name] = plan
+        self.ctx.simulating = True
+        try:
+            for p in later:
+                if p.matches(tmp):
+                    p.apply(tmp, PassStats("simulated"))
+        finally:
+            self.ctx.simulating = False
+            if saved is None:
+                self.ctx.plan.pop(node.name, None)
+            else:
+                self.ctx.plan[node.name] = saved
+        return tmp
+
+    def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float) -> tuple[float, float]:
+        out = self._simulate(node, later, plan)
+        delta = out.rep.decode() - self.ctx.original(node)
+        cal = self.ctx.calib
+        dist = (cal.output_sq_error(node.name, delta) if cal is not None and cal.has(node.name)
+                else scale * float(delta.pow(2).sum(dtype=torch.float64)))
+        return 8.0 * record_nbytes(out), dist
+
+    def _uncalibrated_scale(self, nodes: list[TensorNode]) -> float:
+        cal = self.ctx.calib
+        traces = [float(cal.H(n.name).diagonal().mean()) for n in nodes if cal is not None and cal.has(n.name)]
+        return sum(traces) / len(traces) if traces else 1.0

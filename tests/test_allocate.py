@@ -1,0 +1,46 @@
+"""allocate: the file meets the bits/weight budget within 0.01 and bits go where error is."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from cllm_compiler.compiler import compile_model
+from cllm_compiler.errors import PassError
+from cllm_compiler.passes.allocate import solve
+from cllm_compiler.pipeline import parse_pipeline
+from cllm_compiler.targets import get_target
+
+PIPE = ("calibrate{tokens=1024,seqlen=128},allocate{{budget={b},choices=bits=2|3|4|5|6|8;group=64|128}},gptq{{match=linear|embed|lm_head}},"
+        "quant{{match=embed|lm_head}},entropy")
+
+
+def test_solver_matches_brute_force():
+    opts = [[(2, 9.0), (3, 4.0), (4, 1.0)], [(2, 5.0), (3, 4.5), (4, 4.4)], [(2, 20.0), (3, 6.0), (4, 2.0)]]
+    for budget in range(6, 13):
+        best = min((sum(o[i][1] for o, i in zip(opts, c)), c) for c in itertools.product(range(3), repeat=3)
+                   if sum(o[i][0] for o, i in zip(opts, c)) <= budget)
+        got = solve(opts, budget)
+        assert sum(o[i][0] for o, i in zip(opts, got)) <= budget
+        assert sum(o[i][1] for o, i in zip(opts, got)) == pytest.approx(best[0]), budget
+
+
+@pytest.mark.parametrize("budget", [3.0, 4.5])
+def test_file_meets_budget(tiny_dir, tmp_path, budget):
+    pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", str(budget))
+    res = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipe), tmp_path / "a")
+    bpw = res.report["bits_per_weight"]
+    assert abs(bpw - budget) <= 0.01, bpw
+    assert bpw <= budget + 1e-9
+    notes = [n for n in res.report["notes"] if "bits=" in n]
+    chosen = {n.split(":")[0]: int(n.split("bits=")[1].split(",")[0]) for n in notes}
+    assert len(set(chosen.values())) > 1  # a real allocation, not one width everywhere
+    assert (tmp_path / "a" / "calibration.safetensors").is_file()
+
+
+def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path):
+    pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "1.0")
+    with pytest.raises(PassError, match="below the smallest reachable"):
+        compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipe), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
