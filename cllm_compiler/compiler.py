@@ -50,9 +50,14 @@ def source_size(path: str | None) -> int | None:
 
 
 def tensor_row(node: TensorNode) -> dict[str, Any]:
+    """Rate facts of one tensor: stored bits, bits before entropy coding, ideal order-0 bits."""
+    from .reprs import Encoded
     bits = node.rep.storage_bits()
+    enc = isinstance(node.rep, Encoded)
     return {"name": node.name, "shape": list(node.shape), "rep": node.rep.describe(), "bits": bits,
-            "bpw": bits / node.numel}
+            "bpw": bits / node.numel, "stored_bytes": bits // 8,
+            "nominal_bits": node.rep.nominal_bits() if enc else bits,  # type: ignore[attr-defined]
+            "entropy_bits": round(node.rep.ideal_bits()) if enc else bits}  # type: ignore[attr-defined]
 
 
 def tensor_table(rows: list[dict[str, Any]], stats: list[PassStats]) -> list[dict[str, Any]]:

@@ -110,13 +110,21 @@ def _write_payload(model: Model, nodes: Iterable[TensorNode], f: Any,
         off += len(data)
         return start
 
+    stored: dict[tuple[str, int], int] = {}  # identical buffers (a shared codebook) are stored once
+
+    def put_once(data: bytes, digest: str) -> int:
+        if (digest, len(data)) not in stored:
+            stored[(digest, len(data))] = put(data)
+        return stored[(digest, len(data))]
+
     for node in nodes:
         schema.check_name(node.name)
         kind, meta, coded = coded_buffers(node.rep)
         bufs = []
         for bname, c in coded.items():
-            bufs.append({"name": bname, "codec": c.codec, "params": c.params, "offset": put(c.data),
-                         "length": len(c.data), "raw_length": c.raw_len, "sha256": hashlib.sha256(c.data).hexdigest(),
+            digest = hashlib.sha256(c.data).hexdigest()
+            bufs.append({"name": bname, "codec": c.codec, "params": c.params, "offset": put_once(c.data, digest),
+                         "length": len(c.data), "raw_length": c.raw_len, "sha256": digest,
                          "raw_sha256": c.raw_sha256 or hashlib.sha256(c.data).hexdigest()})
         records.append({"name": node.name, "shape": list(node.shape), "role": node.role, "rep": kind,
                         "meta": meta, "buffers": bufs})

@@ -134,9 +134,19 @@ def validate(h: dict[str, Any], payload_start: int, payload_end: int, align: int
         raise ContainerError(f"payload length {plen} disagrees with the file size", offset=payload_start,
                              hint="the file is truncated or has trailing bytes")
     extents: list[tuple[int, int, str]] = []
+    shared: dict[tuple[int, int], str] = {}  # (offset, length) -> sha256: identical buffers may share one extent
     seen: set[str] = set()
     for rec in h["tensors"]:
-        extents += [(b["offset"], b["length"], rec["name"]) for b in _tensor(rec, seen)]
+        for b in _tensor(rec, seen):
+            key = (b["offset"], b["length"])
+            if key in shared:
+                if shared[key] != b["sha256"]:
+                    raise ContainerError(f"buffer at payload offset {b['offset']} is shared with different hashes",
+                                         tensor=rec["name"], offset=payload_start + b["offset"],
+                                         hint="the file is damaged or hostile")
+                continue
+            shared[key] = b["sha256"]
+            extents.append((b["offset"], b["length"], rec["name"]))
     total = sum(math.prod(r["shape"]) for r in h["tensors"])
     if _int(h["num_params"], "num_params") != total:
         raise ContainerError(f"num_params {h['num_params']} != sum of tensor sizes {total}")

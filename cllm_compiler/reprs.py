@@ -277,6 +277,24 @@ class Encoded(Representation):
             raise ValueError("an encoded tensor cannot wrap another encoded tensor")
         return cls(meta["inner"], meta["inner_meta"], payload, shape)
 
+    def nominal_bits(self) -> int:
+        """Bits of the representation before entropy coding (packed codes, scales, LUTs...)."""
+        return 8 * sum(c.raw_len for c in self.payload.values())
+
+    def ideal_bits(self) -> float:
+        """Order-0 entropy of every modelled buffer (freq table x symbols) plus the others' stored
+        bits: the size an ideal coder with the same model would reach."""
+        from .codecs.rans import FrequencyTable
+        total = 0.0
+        for c in self.payload.values():
+            freq = c.params.get("freq")
+            if freq:
+                t = FrequencyTable(tuple(freq))
+                total += t.entropy_bits() * t.total
+            else:
+                total += 8 * len(c.data)
+        return total
+
     def entropy_bits(self) -> float | None:
         """Order-0 entropy of the codes (bits/index) when a frequency table is stored."""
         from .codecs.rans import FrequencyTable

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import PassError
-from ..ir import TensorNode
+from ..ir import Model, TensorNode
 from ..passes_base import Param, Pass, PassStats, measure, register_pass
 from ..reprs_codebook import Codebook
 
@@ -68,7 +68,8 @@ def nearest_rows(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def fit(w: torch.Tensor, hdiag: torch.Tensor, kbits: int, d: int, stages: int, scope: str, group: int,
-        iters: int) -> Codebook:
+        iters: int, luts: list[torch.Tensor] | None = None) -> Codebook:
+    """Fit (or, given `luts`, only assign to) the codebooks of one tensor."""
     rows, cols = w.shape
     k = 1 << kbits
     if scope == "row":
@@ -76,23 +77,37 @@ def fit(w: torch.Tensor, hdiag: torch.Tensor, kbits: int, d: int, stages: int, s
         c = c.half().float()
         a = nearest_rows(w, c)
         return Codebook(a[None].to(torch.uint8).numpy(), c[None, :, :, None].numpy(), None, 0)
+    x, wt, scale, g = normalise(w, hdiag, group, d)
+    luts = luts or learn(x, wt, k, stages, iters)
+    codes, resid = [], x
+    for c in luts:
+        a = assign(resid, wt, c)
+        resid = resid - c[a]
+        codes.append(a.view(rows, cols // d))
+    return Codebook(torch.stack(codes).to(torch.uint8).numpy(), torch.stack(luts)[:, None].numpy(), scale.numpy(), g)
+
+
+def normalise(w: torch.Tensor, hdiag: torch.Tensor, group: int, d: int) -> tuple[torch.Tensor, ...]:
+    """Per-group absmax scaling -> (vectors [N, d], their weights, fp16 scales, group)."""
+    rows, cols = w.shape
     g = group or cols
     ng = -(-cols // g)
     scale = torch.nn.functional.pad(w.abs(), (0, ng * g - cols)).view(rows, ng, g).amax(-1)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
     s_full = scale.repeat_interleave(g, 1)[:, :cols]
-    x = (w / s_full).reshape(-1, d)
     wt = (hdiag[None] * s_full.pow(2)).reshape(-1, d)  # error in w-space = s^2 x error in x-space
-    codes, luts, resid = [], [], x
+    return (w / s_full).reshape(-1, d), wt, scale, g
+
+
+def learn(x: torch.Tensor, wt: torch.Tensor, k: int, stages: int, iters: int) -> list[torch.Tensor]:
+    """`stages` residual codebooks (fp16-exact values) for vectors x with weights wt."""
+    luts, resid = [], x
     for st in range(stages):
         c, _ = kmeans(resid, wt, k, iters, seed=st)
         c = c.half().float()
-        a = assign(resid, wt, c)
-        resid = resid - c[a]
-        codes.append(a.view(rows, cols // d))
+        resid = resid - c[assign(resid, wt, c)]
         luts.append(c)
-    return Codebook(torch.stack(codes).to(torch.uint8).numpy(), torch.stack(luts)[:, None].numpy(),
-                    scale.numpy(), g if group else cols)
+    return luts
 
 
 class CodebookGrid:
@@ -128,8 +143,51 @@ class CodebookPass(Pass):
         Param("group", int, 128, "columns per scale when scope=tensor (0 = one scale per row)", check=lambda g: g >= 0),
         Param("iters", int, 20, "k-means iterations", check=lambda n: n >= 1),
         Param("weighted", bool, True, "weight k-means by the Hessian diagonal when calibrated"),
+        Param("share", str, "none", "one codebook per tensor, or shared by every tensor of a role (all q_proj...) or all",
+              choices=("none", "role", "all")),
+        Param("sample", int, 1 << 18, "vectors sampled per shared codebook fit", check=lambda n: n >= 256),
     )
     provides = frozenset({"quantized"})
+
+    @property
+    def local(self) -> bool:
+        return self.args["share"] == "none"  # a shared codebook is fitted on several tensors first
+
+    def run(self, model: Model) -> PassStats:
+        if self.local:
+            return super().run(model)
+        if self.args["scope"] != "tensor":
+            raise PassError("shared codebooks need scope=tensor", hint="per-row LUTs cannot be shared")
+        groups: dict[str, list[TensorNode]] = {}
+        for node in model:
+            if self.matches(node) and node.rep.kind == "dense" and len(node.shape) == 2:
+                groups.setdefault(node.role if self.args["share"] == "role" else "all", []).append(node)
+        self.shared: dict[str, list[torch.Tensor]] = {}
+        for key, nodes in groups.items():
+            self.shared[key] = self._fit_shared(nodes)
+        stats = PassStats(self.spec())
+        for node in self.each(model):
+            self.apply(node, stats)
+        stats.notes.append(f"{len(groups)} shared codebook(s): " + ", ".join(f"{k} ({len(v)} tensors)" for k, v in groups.items()))
+        return stats
+
+    def _fit_shared(self, nodes: list[TensorNode]) -> list[torch.Tensor]:
+        a = self.args
+        kbits = round(a["bits"] * a["d"] / a["stages"])
+        per = max(1, a["sample"] // len(nodes))
+        xs, ws = [], []
+        for node in nodes:  # an even, deterministic subsample of every tensor's vectors
+            x, wt, _, _ = normalise(self.ctx.original(node), self._hdiag(node), a["group"], a["d"])
+            idx = torch.linspace(0, x.shape[0] - 1, min(per, x.shape[0])).long()
+            xs.append(x[idx])
+            ws.append(wt[idx])
+        return learn(torch.cat(xs), torch.cat(ws), 1 << kbits, a["stages"], a["iters"])
+
+    def _hdiag(self, node: TensorNode) -> torch.Tensor:
+        cal = self.ctx.calib
+        h = (cal.H(node.name).diagonal().clamp_min(0) if self.args["weighted"] and cal is not None and cal.has(node.name)
+             else torch.ones(node.shape[1]))
+        return h / h.mean().clamp_min(1e-30)
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
         a = self.args_for(node)
@@ -149,9 +207,6 @@ class CodebookPass(Pass):
         if a["scope"] == "tensor" and a["group"] % a["d"]:
             raise PassError(f"group={a['group']} is not a multiple of d={a['d']}", tensor=node.name)
         w = self.ctx.original(node)
-        cal = self.ctx.calib
-        h = (cal.H(node.name).diagonal().clamp_min(0) if a["weighted"] and cal is not None and cal.has(node.name)
-             else torch.ones(node.shape[1]))
-        h = h / h.mean().clamp_min(1e-30)
-        node.rep = fit(w, h, kbits, a["d"], a["stages"], a["scope"], a["group"], a["iters"])
+        shared = None if self.local else self.shared[node.role if a["share"] == "role" else "all"]
+        node.rep = fit(w, self._hdiag(node), kbits, a["d"], a["stages"], a["scope"], a["group"], a["iters"], shared)
         stats.tensors.append(measure(node, w, self.ctx))

@@ -97,3 +97,49 @@ def test_bad_parameters_are_clear():
         compress("codebook{bits=2.25,d=4,stages=2,scope=tensor}")
     with pytest.raises(PassError, match="scalar and single-stage"):
         compress("codebook{bits=2,d=2}")
+
+
+def _two_layer_model():
+    g = torch.Generator().manual_seed(3)
+    cfg = ModelConfig("llama", 8, COLS, ROWS, 2, 1, 1, COLS)
+    m = Model(cfg, None)
+    for i in range(2):
+        name = f"model.layers.{i}.mlp.down_proj.weight"
+        w = torch.randn(ROWS, COLS, generator=g)
+        m.add(TensorNode(name, (ROWS, COLS), Dense((ROWS, COLS), data=w)))
+    return m
+
+
+def test_shared_codebook_is_stored_once(tmp_path):
+    sizes = {}
+    for share in ("none", "role"):
+        m = _two_layer_model()
+        PassManager(parse_pipeline(f"codebook{{bits=2,d=4,scope=tensor,share={share}}},entropy")).run(m)
+        reps = [n.rep for n in m]
+        luts = [r.payload["lut"].data for r in reps]
+        assert (luts[0] == luts[1]) == (share == "role")
+        sizes[share] = write_container(m, tmp_path / f"{share}.cllm")
+        back = read_container(tmp_path / f"{share}.cllm")
+        for n in m:
+            assert torch.equal(back.tensors[n.name].rep.decode(), n.rep.decode())
+    lut_bytes = len(luts[0])
+    assert lut_bytes > 1000  # 256 x 4 fp16 entries, coded
+    assert sizes["role"] <= sizes["none"] - lut_bytes + 200  # the shared LUT is on disk once
+
+
+def test_shared_extent_with_different_hashes_is_rejected(tmp_path):
+    from cllm_compiler.errors import ContainerError
+    from tests.containers import forge
+    m = _two_layer_model()
+    PassManager(parse_pipeline("codebook{bits=2,d=4,scope=tensor,share=role},entropy")).run(m)
+    write_container(m, tmp_path / "m.cllm")
+
+    def bad(h):
+        b0 = h["tensors"][0]["buffers"]
+        b1 = h["tensors"][1]["buffers"]
+        lut0 = next(b for b in b0 if b["name"] == "lut")
+        codes1 = next(b for b in b1 if b["name"] == "codes")
+        codes1.update(offset=lut0["offset"], length=lut0["length"])
+    (tmp_path / "bad.cllm").write_bytes(forge((tmp_path / "m.cllm").read_bytes(), bad))
+    with pytest.raises(ContainerError, match="shared with different hashes"):
+        read_container(tmp_path / "bad.cllm")
