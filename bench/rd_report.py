@@ -83,7 +83,7 @@ def _plot(rows: list[dict], ref: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 6))
-    styles = {"llama.cpp": ("s", "tab:red"), "cllm": ("o", "tab:blue")}
+    styles = {"llama.cpp": ("s", "tab:red"), "onnxruntime": ("^", "tab:green"), "cllm": ("o", "tab:blue")}
     for kind, (marker, color) in styles.items():
         pts = [r for r in rows if r["kind"] == kind]
         ax.scatter([r["bpw"] for r in pts], [r["ppl"] for r in pts], marker=marker, color=color, label=kind)

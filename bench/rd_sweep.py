@@ -99,6 +99,8 @@ def prepare(args: argparse.Namespace, work: Path, todo: dict[str, str]) -> dict[
         secs = None if dst.exists() else llama_quantize(f16, dst, kind)
         facts[f"llama.cpp-{kind}"] = {"path": str(dst), "bytes": dst.stat().st_size, "kind": "llama.cpp",
                                       "quantize_s": secs, "params": params}
+    from ort_peer import CONFIGS, prepare_ort
+    facts.update(prepare_ort(args.model, work, [c for c in CONFIGS if re.search(args.only, c)]))
     return facts
 
 
