@@ -27,10 +27,12 @@ EMB = "quant{bits=6,group=128,match=embed|lm_head}"  # fixed configs keep the (t
 ENT = "entropy"
 CLLM: dict[str, str] = {
     **{f"rtn-int{b}-g{g}": f"quant{{bits={b},group={g}}},{EMB},{ENT}" for b in (4, 3, 2) for g in (32, 128)},
-    "gptq-int4-g128": f"{CAL},gptq{{bits=4,group=128}},{EMB},{ENT}",
-    "gptq-int3-g128": f"{CAL},gptq{{bits=3,group=128}},{EMB},{ENT}",
-    "gptq-int2-g64": f"{CAL},gptq{{bits=2,group=64}},{EMB},{ENT}",
-    **{f"lut{b}-row+gptq": f"{CAL},codebook{{bits={b},scope=row}},gptq,{EMB},{ENT}" for b in (4, 3, 2)},
+    # plain GPTQ (min-max groups, natural order) as in the paper, then with act-order + clipping search
+    "gptq-int4-g128": f"{CAL},gptq{{bits=4,group=128,act_order=false,search=false}},{EMB},{ENT}",
+    "gptq-int3-g128": f"{CAL},gptq{{bits=3,group=128,act_order=false,search=false}},{EMB},{ENT}",
+    "gptq-int2-g64": f"{CAL},gptq{{bits=2,group=64,act_order=false,search=false}},{EMB},{ENT}",
+    **{f"gptq-int{b}-g{g}-ao-search": f"{CAL},gptq{{bits={b},group={g}}},{EMB},{ENT}" for b, g in ((4, 128), (3, 128), (2, 64))},
+    **{f"lut{b}-row+gptq": f"{CAL},codebook{{bits={b},scope=row}},gptq{{act_order=false}},{EMB},{ENT}" for b in (4, 3, 2)},
     "vq2-2.5b-g128": f"{CAL},codebook{{bits=2.5,d=2,scope=tensor,group=128}},{EMB},{ENT}",
     "vq4-2b-g128": f"{CAL},codebook{{bits=2,d=4,scope=tensor,group=128}},{EMB},{ENT}",
     **{f"2:4-{m}": f"{CAL},nm{{method={m}}},{EMB},{ENT}" for m in ("magnitude", "wanda", "sparsegpt")},

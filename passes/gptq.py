@@ -18,7 +18,7 @@ from ..errors import PassError
 from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, measure, register_pass
 from ..reprs import Quantized, Representation
-from .quant import _quantize_block, group_size
+from .quant import _quantize_block, _search_block, group_size
 
 
 class Grid(Protocol):
@@ -35,8 +35,10 @@ class UniformGrid:
     """Per-group uniform grid of `quant` (int zero point, fp16 min, or symmetric)."""
 
     def __init__(self, rows: int, cols: int, bits: int, group: int, sym: bool, zero: str,
-                 start: Quantized | None = None) -> None:
+                 start: Quantized | None = None, search: bool = False,
+                 weights: torch.Tensor | None = None) -> None:
         self.bits, self.g, self.sym, self.zero = bits, group or cols, sym, zero
+        self.search, self.weights = search, weights
         ng = -(-cols // self.g)
         self.scale = torch.ones(rows, ng)
         self.offset = torch.zeros(rows, ng)  # w = code * scale - offset
@@ -58,7 +60,11 @@ class UniformGrid:
         self.q = q if self.q is None else self.q
 
     def fit(self, x: torch.Tensor, gi: int) -> None:
-        q = _quantize_block(x, self.bits, x.shape[1], self.sym, self.zero)
+        if self.search:
+            wt = None if self.weights is None else self.weights[gi * self.g:gi * self.g + x.shape[1]]
+            q = _search_block(x, self.bits, x.shape[1], self.sym, self.zero, wt)
+        else:
+            q = _quantize_block(x, self.bits, x.shape[1], self.sym, self.zero)
         if gi == 0:
             self.parts: list[Quantized] = []
         self.parts.append(q)
@@ -130,8 +136,9 @@ class GPTQPass(Pass):
         Param("zero", str, "int", "asymmetric offset: int zero point or float (fp16 min)", choices=("int", "float")),
         Param("damp", float, 0.01, "dampening, as a fraction of the mean Hessian diagonal", check=lambda d: d > 0),
         Param("block", int, 128, "columns per lazy batch update", check=lambda b: b >= 1),
-        Param("act_order", bool, False, "round columns by decreasing Hessian diagonal (implies static groups)"),
+        Param("act_order", bool, True, "round columns by decreasing Hessian diagonal (implies static groups)"),
         Param("static", bool, False, "fit group scales on the original weights before rounding"),
+        Param("search", bool, True, "search each group's clipping for least (input-weighted) error"),
     )
     requires = frozenset({"calibrated"})
     provides = frozenset({"quantized"})
@@ -145,8 +152,10 @@ class GPTQPass(Pass):
             stats.notes.append(f"{node.name}: GPTQ cannot round a {node.rep.describe()} tensor, left as is")
             return
         w = self.ctx.original(node)
-        codes = gptq(w, self.ctx.calib.H(node.name), grid, self.args["damp"], self.args["block"],
-                     self.args["act_order"])
+        a = self.args_for(node)
+        # a pruned tensor keeps SparseGPT's left-to-right order: its masks were chosen in it
+        order = a["act_order"] and not getattr(grid, "natural_order", False)
+        codes = gptq(w, self.ctx.calib.H(node.name), grid, a["damp"], a["block"], order)
         node.rep = grid.build(codes)
         stats.tensors.append(measure(node, w, self.ctx))
 
@@ -164,8 +173,9 @@ class GPTQPass(Pass):
         if rep.kind != "dense":
             return None
         a = self.args_for(node)
+        hdiag = self.ctx.calib.H(node.name).diagonal().clamp_min(0) if self.ctx.calib is not None else None
         if a["static"] or a["act_order"]:
             from .quant import quantize_rtn
-            start = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"])
+            start = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"], a["search"], hdiag)
             return UniformGrid(rows, cols, a["bits"], a["group"], a["sym"], a["zero"], start)
-        return UniformGrid(rows, cols, a["bits"], a["group"], a["sym"], a["zero"])
+        return UniformGrid(rows, cols, a["bits"], a["group"], a["sym"], a["zero"], search=a["search"], weights=hdiag)

@@ -65,6 +65,7 @@ class SparseQuantGrid:
     compensates pruning and quantization error together (SparseGPT's joint mode)."""
 
     group = 0
+    natural_order = True
 
     def __init__(self, sp: Sparse) -> None:
         from .gptq import UniformGrid

@@ -34,13 +34,16 @@ def row_block(cols: int) -> int:
     return max(1, _BLOCK_ELEMS // max(cols, 1))
 
 
-def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int") -> Quantized:
+def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str = "int",
+                 search: bool = False, weights: torch.Tensor | None = None) -> Quantized:
     """Quantize a 2-D float tensor; the returned codes decode with `Quantized.decode`."""
-    return quantize_rows(lambda a, b: w[a:b].to(torch.float32), w.shape, bits, group, sym, zero)[0]
+    return quantize_rows(lambda a, b: w[a:b].to(torch.float32), w.shape, bits, group, sym, zero,
+                         search=search, weights=weights)[0]
 
 
 def quantize_rows(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, ...], bits: int, group: int,
-                  sym: bool, zero: str = "int", name: str = "?") -> tuple[Quantized, float, float]:
+                  sym: bool, zero: str = "int", name: str = "?", search: bool = False,
+                  weights: torch.Tensor | None = None) -> tuple[Quantized, float, float]:
     """Quantize block by block from a row reader; also return (squared error, signal) sums.
 
     Only one block of float weights is in memory at a time, so a tensor larger than RAM works.
@@ -51,7 +54,7 @@ def quantize_rows(rows: Callable[[int, int], torch.Tensor], shape: tuple[int, ..
         x = rows(r, r + step)
         if not torch.isfinite(x).all():
             raise PassError("weights contain NaN or Inf", tensor=name, hint="the checkpoint is damaged")
-        q = _quantize_block(x, bits, group, sym, zero)
+        q = _search_block(x, bits, group, sym, zero, weights) if search else _quantize_block(x, bits, group, sym, zero)
         err += (q.decode() - x).pow_(2).sum(dtype=torch.float64).item()
         sig += x.pow(2).sum(dtype=torch.float64).item()
         parts.append(q)
@@ -72,7 +75,32 @@ def _concat(parts: list[Quantized]) -> Quantized:
                      parts[0].bits, parts[0].group, cat([p.mins for p in parts]))
 
 
-def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str) -> Quantized:
+SHRINK = torch.linspace(1.0, 0.55, 10)  # clipping ratios tried by search=true
+
+
+def _search_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str,
+                  weights: torch.Tensor | None) -> Quantized:
+    """Per group, the clipping of the range that minimises the (input-energy weighted) squared
+    error, as GPTQ's mse grid and llama.cpp's make_qx_quants do."""
+    rows, cols = w.shape
+    g = group or cols
+    ng = -(-cols // g)
+    wt = torch.ones(cols) if weights is None else weights.to(torch.float32)
+    wt = torch.nn.functional.pad(wt, (0, ng * g - cols)).view(1, ng, g)
+    best_err = torch.full((rows, ng), float("inf"))
+    best = torch.ones(rows, ng)
+    for alpha in SHRINK:
+        q = _quantize_block(w, bits, group, sym, zero, torch.full((rows, ng), float(alpha)))
+        d = torch.nn.functional.pad(q.decode() - w, (0, ng * g - cols)).view(rows, ng, g)
+        err = (d.pow(2) * wt).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, alpha, best)
+    return _quantize_block(w, bits, group, sym, zero, best)
+
+
+def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str,
+                    shrink: torch.Tensor | None = None) -> Quantized:
     rows, cols = w.shape
     g = group or cols
     ngroups = -(-cols // g)
@@ -82,22 +110,23 @@ def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str
         x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
     x = x.view(rows, ngroups, g)
     qmax = (1 << bits) - 1
+    k = torch.ones(rows, ngroups) if shrink is None else shrink  # clip the range by this factor
     if sym:
         half = 1 << (bits - 1)
-        scale = x.abs().amax(-1) / max(half - 1, 1)
+        scale = x.abs().amax(-1) * k / max(half - 1, 1)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
         codes = torch.clamp(torch.round(x / scale[..., None]) + half, 0, qmax)
         zeros = None
     elif zero == "float":  # llama.cpp Q4_1 style: true min/max, min stored as fp16
-        lo = x.amin(-1).half().float()
-        scale = (x.amax(-1) - lo) / qmax
+        lo = (x.amin(-1) * k).half().float()
+        scale = (x.amax(-1) * k - lo) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
         codes = torch.clamp(torch.round((x - lo[..., None]) / scale[..., None]), 0, qmax)
         codes_np = codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy()
         return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), None, bits, g, lo.half().numpy())
     else:
-        lo = torch.clamp(x.amin(-1), max=0.0)
-        hi = torch.clamp(x.amax(-1), min=0.0)
+        lo = torch.clamp(x.amin(-1) * k, max=0.0)
+        hi = torch.clamp(x.amax(-1) * k, min=0.0)
         scale = (hi - lo) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
         zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
@@ -117,6 +146,7 @@ class QuantPass(Pass):
         Param("sym", bool, False, "symmetric (no zero point) instead of asymmetric min/max"),
         Param("zero", str, "int", "asymmetric offset: 'int' zero point (GPTQ) or 'float' fp16 min (llama.cpp Q4_1)",
               choices=("int", "float")),
+        Param("search", bool, False, "search each group's clipping for least error (weighted by input energy when calibrated)"),
     )
     provides = frozenset({"quantized"})
 
@@ -131,17 +161,27 @@ class QuantPass(Pass):
                             hint="add it to skip= or narrow match=")
         a = self.args_for(node)
         q, err, sig = quantize_rows(node.rep.rows, node.shape, a["bits"],  # type: ignore[attr-defined]
-                                    a["group"], a["sym"], a["zero"], node.name)
+                                    a["group"], a["sym"], a["zero"], node.name, a["search"], self._weights(node))
         if not np.isfinite(q.scales).all():
             raise PassError("a scale overflows float16", tensor=node.name, hint="use a smaller group size")
         node.rep = q
-        stats.tensors.append(stats_from_sums(node, err, sig))
+        st = stats_from_sums(node, err, sig)
+        cal = self.ctx.calib
+        if cal is not None and cal.has(node.name) and not self.ctx.simulating:
+            st.out_mse = cal.output_mse(node.name, q.decode() - self.ctx.original(node))
+        stats.tensors.append(st)
+
+    def _weights(self, node: TensorNode) -> torch.Tensor | None:
+        cal = self.ctx.calib
+        if cal is None or not cal.has(node.name):
+            return None
+        return cal.H(node.name).diagonal().clamp_min(0)
 
     def _sparse_values(self, node: TensorNode, stats: PassStats) -> None:
         """Quantize the kept values of a pruned tensor (groups run over kept values)."""
         sp = node.rep
         vals = sp.values.decode()  # type: ignore[attr-defined]
         a = self.args_for(node)
-        q = quantize_rtn(vals, a["bits"], a["group"], a["sym"], a["zero"])
+        q = quantize_rtn(vals, a["bits"], a["group"], a["sym"], a["zero"], a["search"])
         node.rep = Sparse(sp.mask, q, sp.n, sp.m)  # type: ignore[attr-defined]
         stats.tensors.append(measure(node, self.ctx.original(node), self.ctx))
