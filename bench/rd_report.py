@@ -72,6 +72,12 @@ def write_report(facts: dict[str, dict], work: Path, out: Path, windows: int) ->
         lines.append(f"| {r['name']} | {r['kind']} | {r['bpw']:.3f} | {r['bytes'] / 1e6:.1f} | {r['ppl']:.3f} | "
                      f"{r['dppl']:+.2f} | {r['kld']:.4f} | {r['top1']:.3f} | {cs} | {rss} |")
     lines += ["", *[f"- {g}" for g in goals(rows)]]
+    lines += ["", "Compile cost per pass (seconds; peak RSS of the whole compile):", "",
+              "| config | compile s | peak RSS MiB | passes (s) |", "|---|---:|---:|---|"]
+    for r in rows:
+        if r["passes"]:
+            per = ", ".join(f"{p['pass'].split('{')[0]} {p['seconds']:.1f}" for p in r["passes"])
+            lines.append(f"| {r['name']} | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} | {per} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"reference": ref, "windows": windows, "rows": rows}, indent=1))
     _plot(rows, ref, out.with_suffix(".png"))

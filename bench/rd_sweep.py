@@ -42,6 +42,10 @@ CLLM: dict[str, str] = {
     "gptq-int3-g128+lr16": f"{CAL},gptq{{bits=3,group=128}},lowrank{{rank=16}},{EMB},{ENT}",
     **{f"budget-{b}": (f"{CAL},allocate{{budget={b},choices=bits=2|3|4|5|6|8}},"
                        "gptq{match=linear|embed|lm_head},quant{match=embed|lm_head},entropy") for b in (2.5, 3, 3.5, 4.5)},
+    "budget-3.5-relative": (f"{CAL},allocate{{budget=3.5,metric=relative,choices=bits=2|3|4|5|6|8}},"
+                            "gptq{match=linear|embed|lm_head},quant{match=embed|lm_head},entropy"),
+    "lut3-row+gptq-ao": f"{CAL},codebook{{bits=3,scope=row}},gptq,{EMB},{ENT}",
+    "vq4-2b-g128-shared": f"{CAL},codebook{{bits=2,d=4,scope=tensor,group=128,share=role}},{EMB},{ENT}",
 }
 LLAMA = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"]
 

@@ -76,6 +76,9 @@ class AllocatePass(Pass):
     params = (
         Param("budget", float, 4.0, "bits per weight of the whole file (headers, codebooks, scales included)",
               check=lambda b: b > 0),
+        Param("metric", str, "output", "distortion: output = sum of squared output errors on the calibration "
+              "tokens; relative = the same divided by the tensor's output energy (every tensor's SNR alike)",
+              choices=("output", "relative")),
         Param("choices", str, "bits=2|3|4|5|6|8",
               "plans tried per tensor by later passes: param=v|v|...[;param=v|...] (all combinations)"),
     )
@@ -141,9 +144,14 @@ class AllocatePass(Pass):
         out = self._simulate(node, later, plan)
         delta = out.rep.decode() - self.ctx.original(node)
         cal = self.ctx.calib
-        dist = (cal.output_sq_error(node.name, delta) if cal is not None and cal.has(node.name)
-                else scale * float(delta.pow(2).sum(dtype=torch.float64)))
-        return 8.0 * record_nbytes(out), dist
+        w = self.ctx.original(node)
+        if cal is not None and cal.has(node.name):
+            dist = cal.output_sq_error(node.name, delta)
+            energy = cal.output_sq_error(node.name, w) if self.args["metric"] == "relative" else 1.0
+        else:
+            dist = scale * float(delta.pow(2).sum(dtype=torch.float64))
+            energy = scale * float(w.pow(2).sum(dtype=torch.float64)) if self.args["metric"] == "relative" else 1.0
+        return 8.0 * record_nbytes(out), dist / max(energy, 1e-30)
 
     def _uncalibrated_scale(self, nodes: list[TensorNode]) -> float:
         cal = self.ctx.calib

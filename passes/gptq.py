@@ -43,30 +43,30 @@ class UniformGrid:
         self.scale = torch.ones(rows, ng)
         self.offset = torch.zeros(rows, ng)  # w = code * scale - offset
         self.q = start
-        self.group = 0 if start is not None else self.g
+        self.group = 0 if start is not None else self.g  # static grid: nothing to fit while rounding
+        self.parts: list[Quantized] = []
         if start is not None:
             for gi in range(ng):
-                self._take(start, gi)
+                self._take(start, gi, gi)
 
-    def _take(self, q: Quantized, gi: int, src: int | None = None) -> None:
-        s = torch.from_numpy(q.scales[:, gi if src is None else src].astype(np.float32))
+    def _take(self, q: Quantized, gi: int, src: int) -> None:
+        """Use column group `src` of `q` as this grid's group `gi`."""
+        s = torch.from_numpy(q.scales[:, src].astype(np.float32))
         self.scale[:, gi] = s
         if q.mins is not None:
-            self.offset[:, gi] = -torch.from_numpy(q.mins[:, gi if src is None else src].astype(np.float32))
+            self.offset[:, gi] = -torch.from_numpy(q.mins[:, src].astype(np.float32))
         else:
-            z = (torch.from_numpy(q.zeros[:, gi if src is None else src].astype(np.float32)) if q.zeros is not None
+            z = (torch.from_numpy(q.zeros[:, src].astype(np.float32)) if q.zeros is not None
                  else torch.full_like(s, float(1 << (q.bits - 1))))
             self.offset[:, gi] = z * s
-        self.q = q if self.q is None else self.q
 
     def fit(self, x: torch.Tensor, gi: int) -> None:
+        """Fit group `gi` on the (error-updated) columns `x`, as GPTQ does with dynamic groups."""
         if self.search:
             wt = None if self.weights is None else self.weights[gi * self.g:gi * self.g + x.shape[1]]
             q = _search_block(x, self.bits, x.shape[1], self.sym, self.zero, wt)
         else:
             q = _quantize_block(x, self.bits, x.shape[1], self.sym, self.zero)
-        if gi == 0:
-            self.parts: list[Quantized] = []
         self.parts.append(q)
         self._take(q, gi, 0)
 
@@ -84,6 +84,7 @@ class UniformGrid:
             return Quantized(c, cat([p.scales for p in ps]), cat([p.zeros for p in ps]), self.bits, self.g,
                              cat([p.mins for p in ps]))
         q = self.q
+        assert q is not None
         return Quantized(c, q.scales, q.zeros, q.bits, q.group, q.mins)
 
 
