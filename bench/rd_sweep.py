@@ -91,6 +91,8 @@ def prepare(args: argparse.Namespace, work: Path, todo: dict[str, str]) -> dict[
             "-o", str(cache), "--eval-windows", "0", "--force"], work / "calib.log")
     for name, pipe in todo.items():
         art = work / name
+        if args.no_compile and not (art / "report.json").exists():
+            continue
         if not (art / "report.json").exists():
             sh([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-p", pipe.replace("@CACHE@", str(cache)),
                 "-o", str(art), "--eval-windows", "0", "--force"], work / f"{name}.log")
@@ -100,13 +102,14 @@ def prepare(args: argparse.Namespace, work: Path, todo: dict[str, str]) -> dict[
                        "peak_rss_mib": rep["peak_rss_mib"], "passes": rep["timing"]["passes"],
                        "pipeline": rep["pipeline"], "kind": "cllm"}
     params = facts[next(iter(facts))]["params"] if facts else None
-    for kind in LLAMA if re.search(args.only, "llama") or args.only == "." else []:
+    for kind in LLAMA if (re.search(args.only, "llama") or args.only == ".") and not args.no_compile else []:
         dst = work / f"llama-{kind}.gguf"
         secs = None if dst.exists() else llama_quantize(f16, dst, kind)
         facts[f"llama.cpp-{kind}"] = {"path": str(dst), "bytes": dst.stat().st_size, "kind": "llama.cpp",
                                       "quantize_s": secs, "params": params}
     from ort_peer import CONFIGS, prepare_ort
-    facts.update(prepare_ort(args.model, work, [c for c in CONFIGS if re.search(args.only, c)]))
+    if not args.no_compile:
+        facts.update(prepare_ort(args.model, work, [c for c in CONFIGS if re.search(args.only, c)]))
     return facts
 
 
@@ -148,6 +151,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--only", default=".", help="regex over config names ('llama' selects the peers)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true", help="only evaluate what is already compiled")
     ap.add_argument("--groups", type=int, default=6, help="evaluation processes (models per process share one reference pass)")
     ap.add_argument("--work", type=Path, default=Path("bench/results/rd_work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/rd_sweep"))
@@ -155,7 +159,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     todo = {k: v for k, v in CLLM.items() if re.search(args.only, k)}
     facts = prepare(args, args.work, todo)
-    (args.work / "facts.json").write_text(json.dumps(facts, indent=1))
+    if not args.no_compile:
+        (args.work / "facts.json").write_text(json.dumps(facts, indent=1))
     evaluate(args, args.work, facts)
     from rd_report import write_report
     write_report(facts, args.work, args.out, args.windows)
