@@ -73,7 +73,7 @@ def list_passes() -> None:
     for name, cls in sorted(PASSES.items()):
         out.print(f"[bold]{name}[/]: {cls.help}")
         for p in cls.all_params():
-            out.print(f"    {p.name}={p.default!s:<10} {p.help}", highlight=False)
+            out.print(f"    {p.name + '=' + str(p.default):<26} {p.help}", highlight=False, markup=False)
 
 
 def list_targets() -> None:
