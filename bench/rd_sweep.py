@@ -102,14 +102,16 @@ def prepare(args: argparse.Namespace, work: Path, todo: dict[str, str]) -> dict[
                        "peak_rss_mib": rep["peak_rss_mib"], "passes": rep["timing"]["passes"],
                        "pipeline": rep["pipeline"], "kind": "cllm"}
     params = facts[next(iter(facts))]["params"] if facts else None
-    for kind in LLAMA if (re.search(args.only, "llama") or args.only == ".") and not args.no_compile else []:
+    for kind in LLAMA if re.search(args.only, "llama") or args.only == "." else []:
         dst = work / f"llama-{kind}.gguf"
+        if args.no_compile and not dst.exists():
+            continue
         secs = None if dst.exists() else llama_quantize(f16, dst, kind)
         facts[f"llama.cpp-{kind}"] = {"path": str(dst), "bytes": dst.stat().st_size, "kind": "llama.cpp",
                                       "quantize_s": secs, "params": params}
     from ort_peer import CONFIGS, prepare_ort
-    if not args.no_compile:
-        facts.update(prepare_ort(args.model, work, [c for c in CONFIGS if re.search(args.only, c)]))
+    facts.update(prepare_ort(args.model, work, [c for c in CONFIGS if re.search(args.only, c)
+                                                and not (args.no_compile and not (work / f"{c}.cllm").exists())]))
     return facts
 
 
@@ -159,8 +161,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     todo = {k: v for k, v in CLLM.items() if re.search(args.only, k)}
     facts = prepare(args, args.work, todo)
-    if not args.no_compile:
-        (args.work / "facts.json").write_text(json.dumps(facts, indent=1))
+    (args.work / "facts.json").write_text(json.dumps(facts, indent=1))
     evaluate(args, args.work, facts)
     from rd_report import write_report
     write_report(facts, args.work, args.out, args.windows)
