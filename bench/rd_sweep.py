@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--only", default=".", help="regex over config names ('llama' selects the peers)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="only evaluate what is already compiled")
+    ap.add_argument("--no-eval", action="store_true", help="only compile (evaluate later)")
     ap.add_argument("--groups", type=int, default=6, help="evaluation processes (models per process share one reference pass)")
     ap.add_argument("--work", type=Path, default=Path("bench/results/rd_work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/rd_sweep"))
@@ -162,6 +163,8 @@ def main() -> None:
     todo = {k: v for k, v in CLLM.items() if re.search(args.only, k)}
     facts = prepare(args, args.work, todo)
     (args.work / "facts.json").write_text(json.dumps(facts, indent=1))
+    if args.no_eval:
+        return
     evaluate(args, args.work, facts)
     from rd_report import write_report
     write_report(facts, args.work, args.out, args.windows)
