@@ -55,6 +55,16 @@ def goals(rows: list[dict]) -> list[str]:
         else:
             out.append(f"~{target} bpw: best cllm {best['name']} at {best['bpw']:.3f} bpw, ΔPPL {best['dppl']:+.2f}% vs "
                        f"llama.cpp interpolated {peer:+.2f}% → ratio {best['dppl'] / peer:.2f} (goal ≤ 0.5)")
+    for kind in ("llama.cpp", "onnxruntime"):  # every peer point vs the best cllm point no larger than it
+        for p in sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["bpw"]):
+            ours = [r for r in rows if r["kind"] == "cllm" and r["bpw"] <= p["bpw"]]
+            if not ours:
+                out.append(f"{p['name']} ({p['bpw']:.3f} bpw, ΔPPL {p['dppl']:+.2f}%): no cllm point this small")
+                continue
+            b = min(ours, key=lambda r: r["dppl"])
+            ratio = b["dppl"] / p["dppl"] if p["dppl"] > 0 else float("nan")
+            out.append(f"{p['name']} ({p['bpw']:.3f} bpw, ΔPPL {p['dppl']:+.2f}%) vs best cllm at ≤ its size: "
+                       f"{b['name']} ({b['bpw']:.3f} bpw, ΔPPL {b['dppl']:+.2f}%) → ΔPPL ratio {ratio:.2f}")
     return out
 
 
