@@ -74,9 +74,14 @@ class Calibration:
         self.H(name)  # same error when missing
         return self.absmean[self._key(name)]
 
+    def input_energy(self, name: str) -> torch.Tensor:
+        """Per-channel sum of x_j^2 over the calibration tokens (H's diagonal): the weight of
+        column j's error in the layer's output error."""
+        return self.H(name).diagonal().clamp_min(0)
+
     def input_norm(self, name: str) -> torch.Tensor:
         """Per-channel input L2 norm over the calibration tokens (Wanda's ||x_j||)."""
-        return self.H(name).diagonal().clamp_min(0).sqrt()
+        return self.input_energy(name).sqrt()
 
     def output_sq_error(self, name: str, delta: torch.Tensor) -> float:
         """sum over calibration tokens of ||delta @ x||^2 = tr(delta H delta^T), without the tokens."""

@@ -304,15 +304,8 @@ class Encoded(Representation):
         return FrequencyTable(tuple(c.params["freq"])).entropy_bits()
 
     def describe(self) -> str:
-        inner = REPRESENTATIONS[self.inner_kind]
         codecs = sorted({c.codec for c in self.payload.values()})
-        if inner is Quantized:
-            base = f"int{self.inner_meta['bits']} g{self.inner_meta['group']}"
-        elif hasattr(inner, "describe_meta"):
-            base = inner.describe_meta(self.inner_meta)  # type: ignore[attr-defined]
-        else:
-            base = self.inner_meta.get("dtype", self.inner_kind)
-        return f"{base} + {'/'.join(codecs)}"
+        return f"{describe_record(self.inner_kind, self.inner_meta)} + {'/'.join(codecs)}"
 
 
 class Coded(NamedTuple):
@@ -321,6 +314,16 @@ class Coded(NamedTuple):
     data: bytes
     params: dict[str, Any]
     raw_sha256: str = ""  # of the decoded bytes; checked after the codec runs
+
+
+def describe_record(kind: str, meta: dict[str, Any]) -> str:
+    """Short description of a stored representation from its record alone (no decoding)."""
+    cls = REPRESENTATIONS.get(kind)
+    if cls is Quantized:
+        return f"int{meta['bits']} g{meta['group']}"
+    if hasattr(cls, "describe_meta"):
+        return cls.describe_meta(meta)  # type: ignore[union-attr]
+    return meta.get("dtype", kind)
 
 
 def specs_of(kind: str, meta: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .reprs import DTYPES, Buffers, REPRESENTATIONS, Representation, register_rep, rep_from_record, specs_of
+from .reprs import (DTYPES, Buffers, REPRESENTATIONS, Representation, describe_record, register_rep,
+                    rep_from_record, specs_of)
 
 
 @register_rep
@@ -79,9 +80,7 @@ class LowRank(Representation):
         b = meta["base"]
         if b is None:
             return f"lowrank r{meta['rank']}"
-        cls = REPRESENTATIONS[b["kind"]]
-        inner = (cls.describe_meta(b["meta"]) if hasattr(cls, "describe_meta") else
-                 f"int{b['meta']['bits']} g{b['meta']['group']}" if b["kind"] == "quant" else b["kind"])
+        inner = describe_record(b["kind"], b["meta"])
         return f"{inner} + r{meta['rank']}"
 
     def describe(self) -> str:

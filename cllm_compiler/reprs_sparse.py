@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from . import packing
-from .reprs import Buffers, REPRESENTATIONS, Representation, register_rep, rep_from_record, specs_of
+from .reprs import (Buffers, REPRESENTATIONS, Representation, describe_record, register_rep, rep_from_record,
+                    specs_of)
 
 
 @register_rep
@@ -78,9 +79,7 @@ class Sparse(Representation):
         n, m = int(meta["n"]), int(meta["m"])
         pat = f"{n}:{m}" if m else f"keep {meta['k']}/row"
         v = meta["values"]
-        cls = REPRESENTATIONS[v["kind"]]
-        inner = (cls.describe_meta(v["meta"]) if hasattr(cls, "describe_meta")
-                 else (f"int{v['meta']['bits']} g{v['meta']['group']}" if v["kind"] == "quant" else v["meta"].get("dtype", v["kind"])))
+        inner = describe_record(v["kind"], v["meta"])
         return f"{pat} {inner}"
 
     def describe(self) -> str:

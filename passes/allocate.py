@@ -103,7 +103,9 @@ class AllocatePass(Pass):
         scale = self._uncalibrated_scale(nodes)
         options = []
         for node in nodes:
-            options.append([self._candidate(node, later, plan, scale) for plan in plans])
+            # relative metric: the tensor's own output energy, computed once for all its candidates
+            energy = (self._error(node, self.ctx.original(node), scale) if self.args["metric"] == "relative" else 1.0)
+            options.append([self._candidate(node, later, plan, scale, energy) for plan in plans])
             if self.on_tensor is not None:
                 self.on_tensor(node.name)
         budget = self.args["budget"] * model.num_params - fixed_bits
@@ -140,18 +142,18 @@ class AllocatePass(Pass):
                 self.ctx.plan[node.name] = saved
         return tmp
 
-    def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float) -> tuple[float, float]:
+    def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float,
+                   energy: float) -> tuple[float, float]:
         out = self._simulate(node, later, plan)
         delta = out.rep.decode() - self.ctx.original(node)
+        return 8.0 * record_nbytes(out), self._error(node, delta, scale) / max(energy, 1e-30)
+
+    def _error(self, node: TensorNode, delta: torch.Tensor, scale: float) -> float:
+        """Output squared error on the calibration tokens (weight error x `scale` without statistics)."""
         cal = self.ctx.calib
-        w = self.ctx.original(node)
         if cal is not None and cal.has(node.name):
-            dist = cal.output_sq_error(node.name, delta)
-            energy = cal.output_sq_error(node.name, w) if self.args["metric"] == "relative" else 1.0
-        else:
-            dist = scale * float(delta.pow(2).sum(dtype=torch.float64))
-            energy = scale * float(w.pow(2).sum(dtype=torch.float64)) if self.args["metric"] == "relative" else 1.0
-        return 8.0 * record_nbytes(out), dist / max(energy, 1e-30)
+            return cal.output_sq_error(node.name, delta)
+        return scale * float(delta.pow(2).sum(dtype=torch.float64))
 
     def _uncalibrated_scale(self, nodes: list[TensorNode]) -> float:
         cal = self.ctx.calib

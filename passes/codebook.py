@@ -185,7 +185,7 @@ class CodebookPass(Pass):
 
     def _hdiag(self, node: TensorNode) -> torch.Tensor:
         cal = self.ctx.calib
-        h = (cal.H(node.name).diagonal().clamp_min(0) if self.args["weighted"] and cal is not None and cal.has(node.name)
+        h = (cal.input_energy(node.name) if self.args["weighted"] and cal is not None and cal.has(node.name)
              else torch.ones(node.shape[1]))
         return h / h.mean().clamp_min(1e-30)
 

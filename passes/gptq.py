@@ -18,7 +18,7 @@ from ..errors import PassError
 from ..ir import TensorNode
 from ..passes_base import Param, Pass, PassStats, measure, register_pass
 from ..reprs import Quantized, Representation
-from .quant import _quantize_block, _search_block, group_size
+from .quant import _quantize_block, _search_block, grid_params
 
 
 class Grid(Protocol):
@@ -130,16 +130,11 @@ def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block
 class GPTQPass(Pass):
     name = "gptq"
     help = "GPTQ: Hessian-based rounding with error feedback onto int (or the tensor's codebook) grid"
-    params = (
-        Param("bits", int, 4, "bits per weight code when the tensor is still dense", check=lambda b: 2 <= b <= 8),
-        Param("group", group_size, 128, "weights per scale along the input dim; 'channel' = per row"),
-        Param("sym", bool, False, "symmetric grid"),
-        Param("zero", str, "int", "asymmetric offset: int zero point or float (fp16 min)", choices=("int", "float")),
+    params = grid_params(search=True) + (  # the grid params apply when the tensor is still dense
         Param("damp", float, 0.01, "dampening, as a fraction of the mean Hessian diagonal", check=lambda d: d > 0),
         Param("block", int, 128, "columns per lazy batch update", check=lambda b: b >= 1),
         Param("act_order", bool, True, "round columns by decreasing Hessian diagonal (implies static groups)"),
         Param("static", bool, False, "fit group scales on the original weights before rounding"),
-        Param("search", bool, True, "search each group's clipping for least (input-weighted) error"),
     )
     requires = frozenset({"calibrated"})
     provides = frozenset({"quantized"})
@@ -174,7 +169,7 @@ class GPTQPass(Pass):
         if rep.kind != "dense":
             return None
         a = self.args_for(node)
-        hdiag = self.ctx.calib.H(node.name).diagonal().clamp_min(0) if self.ctx.calib is not None else None
+        hdiag = self.ctx.calib.input_energy(node.name) if self.ctx.calib is not None else None
         if a["static"] or a["act_order"]:
             from .quant import quantize_rtn
             start = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"], a["search"], hdiag)

@@ -136,18 +136,23 @@ def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str
     return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), zeros, bits, g)
 
 
-@register_pass
-class QuantPass(Pass):
-    name = "quant"
-    help = "uniform integer quantization per group (RTN), 2-8 bits"
-    params = (
+def grid_params(search: bool) -> tuple[Param, ...]:
+    """The uniform-grid parameters `quant` and `gptq` share (they differ only in search's default)."""
+    return (
         Param("bits", int, 4, "bits per weight code, 2-8", check=lambda b: 2 <= b <= 8),
         Param("group", group_size, 128, "weights per scale along the input dim; 'channel' = per output row"),
         Param("sym", bool, False, "symmetric (no zero point) instead of asymmetric min/max"),
         Param("zero", str, "int", "asymmetric offset: 'int' zero point (GPTQ) or 'float' fp16 min (llama.cpp Q4_1)",
               choices=("int", "float")),
-        Param("search", bool, False, "search each group's clipping for least error (weighted by input energy when calibrated)"),
+        Param("search", bool, search, "search each group's clipping for least error (weighted by input energy when calibrated)"),
     )
+
+
+@register_pass
+class QuantPass(Pass):
+    name = "quant"
+    help = "uniform integer quantization per group (RTN), 2-8 bits"
+    params = grid_params(search=False)
     provides = frozenset({"quantized"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
@@ -175,7 +180,7 @@ class QuantPass(Pass):
         cal = self.ctx.calib
         if cal is None or not cal.has(node.name):
             return None
-        return cal.H(node.name).diagonal().clamp_min(0)
+        return cal.input_energy(node.name)
 
     def _sparse_values(self, node: TensorNode, stats: PassStats) -> None:
         """Quantize the kept values of a pruned tensor (groups run over kept values)."""
