@@ -1,36 +1,57 @@
-"""Write the IR as a GGUF file with gguf-py: exact GGUF types where the IR's format is one.
+"""Lower the IR to a GGUF file (gguf-py): exact GGUF types where the IR holds one, measured
+re-quantization where it does not.
 
-Exact mappings (decode is bit-identical in gguf-py's dequantizer):
-  quant bits=8 sym g32 -> Q8_0   w = d*q
-  quant bits=4 sym g32 -> Q4_0   w = d*(q-8)
-  quant bits=4 zero=float g32 -> Q4_1   w = d*q + m
+Exact mappings (gguf-py's dequantizer gives back the IR's decode bit for bit):
+  ggml pass output (K-quants, i-quants, ...) -> the same blocks, copied
+  quant bits=8 sym g32 -> Q8_0  w = d*q            quant bits=4 sym g32 -> Q4_0  w = d*(q-8)
+  quant bits=5 sym g32 -> Q5_0  w = d*(q-16)       quant bits=4/5 zero=float g32 -> Q4_1/Q5_1  w = d*q + m
   dense f32/f16/bf16 -> F32/F16/BF16
-Anything else is dequantized to `fallback` (F32 exact, F16 lossy) and reported.
-Issue 5 builds the full backend (K-quants, importance matrices, llama.cpp validation) on this.
+Anything else (codebooks, VQ, low-rank, N:M, other groups) is re-quantized per tensor to the
+GGUF type with the least error among those no larger than the tensor's own bits ('requant'),
+or dequantized to F32/F16; each such tensor is reported with its extra error. Every check runs
+before the first byte is written.
 """
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..errors import CllmError
-from ..ir import Model
+from ..errors import BackendError, CllmError
+from ..ir import Model, TensorNode
 from ..load_gguf import _BLOCK, _TOP
 from ..reprs import Dense, Encoded, Quantized, Representation
+from ..reprs_ggml import GGMLBlocks
+from . import ggml_lib
+from .gguf_meta import arch_meta, gguf_arch, tokenizer_meta
 
 _REV_TOP = {v: k for k, v in _TOP.items()}
 _REV_BLOCK = {v: k for k, v in _BLOCK.items()}
+# types tried by 'requant', smallest first; K/i-quants need llama-cpp-python's ggml
+REQUANT_TYPES = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "IQ4_NL", "Q4_0", "Q4_1", "Q5_K", "Q5_0", "Q5_1", "Q6_K", "Q8_0")
+_NUMPY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # gguf-py can encode these itself
+
+
+@dataclass
+class Lowered:
+    name: str  # GGUF tensor name
+    data: np.ndarray
+    gtype: str  # GGML type name
+    note: str | None = None
 
 
 def gguf_name(name: str) -> str:
     if name in _REV_TOP:
         return _REV_TOP[name]
     parts = name.split(".")  # model.layers.N.<module path>.weight|bias
-    return f"blk.{parts[2]}.{_REV_BLOCK['.'.join(parts[3:-1])]}.{parts[-1]}"
+    sub = _REV_BLOCK.get(".".join(parts[3:-1])) if len(parts) > 4 and parts[:2] == ["model", "layers"] else None
+    if sub is None:
+        raise BackendError("no GGUF tensor name for this tensor", tensor=name,
+                           hint="the GGUF backend maps Llama-family decoder weights only")
+    return f"blk.{parts[2]}.{sub}.{parts[-1]}"
 
 
 def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -42,112 +63,210 @@ def _plain(rep: Representation) -> Representation:
     return rep.inner() if isinstance(rep, Encoded) else rep
 
 
-def _blocks(q: Quantized, kind: str) -> np.ndarray:
-    rows, cols = q.codes.shape
-    codes = q.codes.reshape(rows, cols // 32, 32)
-    d = q.scales.astype("<f2").reshape(rows, cols // 32, 1).view(np.uint8)
-    if kind == "Q8_0":
-        qs = (codes.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
-        return np.concatenate([d, qs], axis=-1).reshape(rows, -1)
-    nib = (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)
-    if kind == "Q4_0":
-        return np.concatenate([d, nib], axis=-1).reshape(rows, -1)
-    m = q.mins.astype("<f2").reshape(rows, cols // 32, 1).view(np.uint8)  # type: ignore[union-attr]
-    return np.concatenate([d, m, nib], axis=-1).reshape(rows, -1)
-
-
 def exact_type(rep: Representation) -> str | None:
-    rep = _plain(rep)
+    """The GGUF type that holds `rep` bit-exactly, or None (nothing is decoded to tell)."""
+    if isinstance(rep, Encoded):
+        return exact_type_of(rep.inner_kind, rep.inner_meta, rep.shape)
     if isinstance(rep, Dense):
-        return {"f32": "F32", "f16": "F16", "bf16": "BF16"}[rep.dtype]
-    if isinstance(rep, Quantized) and rep.group == 32 and rep.codes.shape[1] % 32 == 0:
-        if rep.bits == 8 and rep.symmetric:
-            return "Q8_0"
-        if rep.bits == 4 and rep.symmetric:
-            return "Q4_0"
-        if rep.bits == 4 and rep.mins is not None:
-            return "Q4_1"
+        return exact_type_of("dense", {"dtype": rep.dtype}, rep.shape)
+    if isinstance(rep, GGMLBlocks):
+        return rep.qtype
+    if isinstance(rep, Quantized):
+        meta = {"bits": rep.bits, "group": rep.group, "sym": rep.symmetric,
+                "zero": "float" if rep.mins is not None else "int"}
+        return exact_type_of("quant", meta, rep.codes.shape)
     return None
 
 
-def _arch_meta(w: Any, model: Model) -> None:
-    c = model.config
-    w.add_block_count(c.num_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_heads)
-    w.add_head_count_kv(c.num_kv_heads)
-    w.add_key_length(c.head_dim)
-    w.add_value_length(c.head_dim)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(c.vocab_size)
+def exact_type_of(kind: str, meta: dict, shape: tuple[int, ...]) -> str | None:
+    if kind == "dense":
+        return {"f32": "F32", "f16": "F16", "bf16": "BF16"}[meta["dtype"]]
+    if kind == GGMLBlocks.kind:
+        return str(meta["type"])
+    if kind == "quant" and meta["group"] == 32 and len(shape) == 2 and shape[1] % 32 == 0:
+        if meta["sym"] and meta["bits"] in (4, 5, 8):
+            return {4: "Q4_0", 5: "Q5_0", 8: "Q8_0"}[meta["bits"]]
+        if meta.get("zero") == "float" and meta["bits"] in (4, 5):
+            return {4: "Q4_1", 5: "Q5_1"}[meta["bits"]]
+    return None
 
 
-def _tokenizer_meta(w: Any, model: Model) -> list[str]:
-    if model.tokenizer is None:
-        return ["no tokenizer in the artifact: the GGUF has none"]
-    tj = json.loads(model.tokenizer.tokenizer_json)
-    m = tj.get("model", {})
-    if m.get("type") != "BPE":
-        return [f"tokenizer type {m.get('type')} is not written to GGUF yet (issue 5)"]
-    vocab = dict(m["vocab"])
-    special = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
-    vocab.update(special)
-    tokens = [""] * (max(vocab.values()) + 1)
-    for tok, i in vocab.items():
-        tokens[i] = tok
-    merges = [mm if isinstance(mm, str) else " ".join(mm) for mm in m.get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in special else 1 for t in tokens])
-    w.add_token_merges(merges)
-    if model.config.bos_token_id is not None:
-        w.add_bos_token_id(int(model.config.bos_token_id))
-    if model.config.eos_token_id is not None:
-        w.add_eos_token_id(int(model.config.eos_token_id))
-    w.add_add_bos_token(model.tokenizer.add_bos)
-    if model.tokenizer.chat_template:
-        w.add_chat_template(model.tokenizer.chat_template)
-    return []
+GGUF_ALIGN = 32
 
 
-def write_gguf(model: Model, path: Path, fallback: str = "F32") -> list[str]:
-    """Write `model` to `path` (caller handles atomicity); return notes on inexact tensors."""
+def tensor_nbytes(node: TensorNode) -> int:
+    """Bytes `node` adds to a GGUF (tensor-info record, data, average alignment padding), for
+    an allocator budgeting the GGUF file itself. Needs a tensor with an exact GGUF type."""
+    kind = exact_type(node.rep)
+    if kind is None:
+        raise BackendError(f"{node.rep.describe()} has no exact GGUF type, so its GGUF size is not known "
+                           "before re-quantization", tensor=node.name,
+                           hint="with allocate{rate=gguf}, let later passes produce GGUF types (ggml, quant g32)")
+    if kind in ("F32", "F16", "BF16"):
+        data = node.numel * (4 if kind == "F32" else 2)
+    else:
+        data = node.shape[0] * ggml_lib.row_bytes(kind, node.shape[1])
+    return 8 + len(gguf_name(node.name).encode()) + 4 + 8 * len(node.shape) + 4 + 8 + data + GGUF_ALIGN // 2
+
+
+def meta_nbytes(model: Model) -> int:
+    """Bytes of the GGUF header and metadata (architecture, tokenizer) without tensors."""
+    import os
+    import tempfile
+
     import gguf
-    if model.config.arch not in ("llama", "mistral", "qwen2"):
-        raise CllmError(f"no GGUF mapping for architecture '{model.config.arch}'")
-    arch = "qwen2" if model.config.arch == "qwen2" else "llama"
-    w = gguf.GGUFWriter(str(path), arch)
-    _arch_meta(w, model)
-    notes = _tokenizer_meta(w, model)
-    Q = gguf.GGMLQuantizationType
+    fd, tmp = tempfile.mkstemp(suffix=".gguf")
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, gguf_arch(model))
+        arch_meta(w, model)
+        tokenizer_meta(w, model)
+        w.add_file_type(0)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        return os.path.getsize(tmp) + GGUF_ALIGN
+    finally:
+        os.unlink(tmp)
+
+
+def quant_blocks(q: Quantized, kind: str) -> np.ndarray:
+    """Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 block bytes [rows, row_bytes] from 32-group codes."""
+    rows, cols = q.codes.shape
+    codes = q.codes.reshape(rows, cols // 32, 32).astype(np.uint8)
+    f16 = lambda a: a.astype("<f2").reshape(rows, cols // 32, 1).view(np.uint8)  # noqa: E731
+    if kind == "Q8_0":
+        qs = (codes.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+        return np.concatenate([f16(q.scales), qs], axis=-1).reshape(rows, -1)
+    nib = (codes[..., :16] & 0x0F) | ((codes[..., 16:] & 0x0F) << 4)
+    head = [f16(q.scales)] + ([f16(q.mins)] if kind in ("Q4_1", "Q5_1") else [])
+    if kind in ("Q5_0", "Q5_1"):  # fifth bits, little-endian uint32 per block
+        head.append(np.packbits(codes >> 4, axis=-1, bitorder="little"))
+    return np.concatenate([*head, nib.astype(np.uint8)], axis=-1).reshape(rows, -1)
+
+
+def _encode(w: np.ndarray, gtype: str) -> np.ndarray:
+    if gtype in _NUMPY_TYPES:
+        import gguf.quants
+        return gguf.quants.quantize(w, getattr(gguf.GGMLQuantizationType, gtype))
+    return ggml_lib.quantize(w, gtype)
+
+
+def _have_ggml() -> bool:
+    try:
+        ggml_lib._lib()
+        return True
+    except BackendError:
+        return False
+
+
+def requant(w: torch.Tensor, budget_bits: float) -> tuple[np.ndarray, str, float]:
+    """The GGUF type (no larger than `budget_bits` per weight when one fits) with the least
+    squared error on `w`; returns (blocks, type, mse)."""
+    cols = w.shape[1]
+    types = [t for t in REQUANT_TYPES if ggml_lib.fits(t, cols) and (_have_ggml() or t in _NUMPY_TYPES)]
+    if not types:
+        raise BackendError(f"no GGUF block type fits rows of {cols} weights", hint="use inexact=f16 or f32")
+    bpw = {t: 8 * ggml_lib.row_bytes(t, cols) / cols for t in types}
+    within = [t for t in types if bpw[t] <= budget_bits + 1e-9] or [min(types, key=bpw.__getitem__)]
+    x, best = w.numpy(), None
+    for t in within:
+        blocks = _encode(x, t)
+        mse = float(((ggml_lib.dequantize(blocks, t, cols) - x) ** 2).mean())
+        if best is None or mse < best[2]:
+            best = (blocks, t, mse)
+    return best  # type: ignore[return-value]
+
+
+def lower_tensor(node: TensorNode, heads: int | None, inexact: str) -> Lowered:
+    rep, kind = _plain(node.rep), exact_type(node.rep)
+    note = None
+    if isinstance(rep, GGMLBlocks):
+        data = rep.blocks
+    elif isinstance(rep, Quantized) and kind:
+        data = quant_blocks(rep, kind)
+    else:
+        t = rep.decode()
+        if kind is None:
+            kind, data, note = _inexact(node, rep, t, inexact)
+        else:
+            data = _dense(t, kind)
+    if heads:
+        data = permute(torch.from_numpy(np.ascontiguousarray(data)), heads).numpy()
+    return Lowered(gguf_name(node.name), np.ascontiguousarray(data), kind, note)
+
+
+def _dense(t: torch.Tensor, kind: str) -> np.ndarray:
+    return {"F32": lambda: t.numpy(), "F16": lambda: t.half().numpy(),
+            "BF16": lambda: t.bfloat16().view(torch.int16).numpy()}[kind]()
+
+
+def _inexact(node: TensorNode, rep: Representation, t: torch.Tensor, inexact: str) -> tuple[str, np.ndarray, str]:
+    bits = (node.rep.nominal_bits() if isinstance(node.rep, Encoded) else rep.storage_bits()) / node.numel
+    sig = float(t.pow(2).mean()) or 1.0
+    if inexact == "requant" and len(node.shape) == 2:
+        data, kind, mse = requant(t, bits)
+        return kind, data, (f"{rep.describe()} ({bits:.2f} bpw) has no GGUF type: re-quantized to {kind} "
+                            f"({8 * data.nbytes / node.numel:.2f} bpw), extra MSE {mse:.3e} "
+                            f"(SQNR {10 * np.log10(sig / max(mse, 1e-30)):.1f} dB vs the IR)")
+    kind = "F32" if inexact in ("requant", "f32") else inexact.upper()
+    back = {"F32": t, "F16": t.half().float(), "BF16": t.bfloat16().float()}[kind]
+    mse = float((back - t).pow(2).mean())
+    return kind, _dense(t, kind), f"{rep.describe()} has no exact GGUF type: written as {kind}, extra MSE {mse:.3e}"
+
+
+def lower(model: Model, inexact: str = "requant",
+          progress: Callable[[str], None] | None = None) -> Iterator[Lowered]:
+    """Every tensor as GGUF data, in model order (lazily: one decoded tensor at a time)."""
+    arch = gguf_arch(model)
     for node in model:
-        kind = exact_type(node.rep)
         heads = None
         if arch == "llama" and node.name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = model.config.num_heads if "q_proj" in node.name else model.config.num_kv_heads
-        if kind in ("Q8_0", "Q4_0", "Q4_1"):
-            q = _plain(node.rep)
-            data = _blocks(q, kind)  # type: ignore[arg-type]
-            if heads:
-                data = permute(torch.from_numpy(data), heads).numpy()
-            w.add_tensor(gguf_name(node.name), data, raw_dtype=getattr(Q, kind))
-            continue
-        t = node.rep.decode()
-        if heads:
-            t = permute(t, heads)
-        if kind is None:
-            kind = fallback
-            notes.append(f"{node.name}: {node.rep.describe()} has no exact GGUF type; written as {fallback}"
-                         + (" (lossy)" if fallback != "F32" else " (exact, larger)"))
-        np_t = {"F32": t.numpy(), "F16": t.half().numpy(), "BF16": t.bfloat16().view(torch.int16).numpy()}[kind]
-        w.add_tensor(gguf_name(node.name), np.ascontiguousarray(np_t),
-                     raw_dtype=Q.BF16 if kind == "BF16" else None)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        try:
+            yield lower_tensor(node, heads, inexact)
+        except CllmError as e:
+            raise type(e)(e.message, tensor=e.tensor or node.name, hint=e.hint) from None
+        if progress:
+            progress(node.name)
+
+
+def write_gguf(model: Model, path: Path, inexact: str = "requant",
+               progress: Callable[[str], None] | None = None) -> list[str]:
+    """Write `model` to `path` (the caller makes it atomic); return notes on inexact tensors.
+    All tensors are lowered (and every check run) before the file is opened."""
+    import gguf
+    if inexact not in ("requant", "f32", "f16", "bf16"):
+        raise BackendError(f"inexact={inexact!r}", hint="requant, f32, f16 or bf16")
+    arch = gguf_arch(model)
+    tensors = list(lower(model, inexact, progress))
+    w = gguf.GGUFWriter(str(path), arch)
+    try:
+        arch_meta(w, model)
+        notes = tokenizer_meta(w, model)
+        w.add_file_type(_file_type(tensors))
+        for t in tensors:
+            raw = None if t.gtype in ("F32", "F16") else getattr(gguf.GGMLQuantizationType, t.gtype)
+            w.add_tensor(t.name, t.data, raw_dtype=raw)
+            if t.note:
+                notes.append(f"{t.name}: {t.note}")
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
     return notes
+
+
+def _file_type(tensors: list[Lowered]) -> int:
+    """general.file_type: the most common 2-D type (llama.cpp only displays it)."""
+    import gguf
+    counts: dict[str, int] = {}
+    for t in tensors:
+        if t.data.ndim == 2:
+            counts[t.gtype] = counts.get(t.gtype, 0) + t.data.size
+    top = max(counts, key=counts.__getitem__) if counts else "F32"
+    for name in (f"MOSTLY_{top}", f"MOSTLY_{top}_M", "ALL_F32"):
+        if hasattr(gguf.LlamaFileType, name):
+            return int(getattr(gguf.LlamaFileType, name))
+    return 0

@@ -166,16 +166,20 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "timing": {"load_s": round(t_load, 2), "compile_s": round(t_compile, 2),
                        "passes": pm_instruments[0].records},  # type: ignore[attr-defined]
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "lowering": _lowering_note(target),
+            "lowering": _lowering_note(target),  # replaced below when the backend is built
             "estimates": {"decode_tokens_per_s_bandwidth_bound": target.decode_tokens_per_s_estimate(size),
                           "label": "estimated: target bandwidth / artifact bytes (roofline, no measurement)"},
             "streamed": manager.streamable,
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
+        if target.backend == "gguf":
+            from .backends.gguf_backend import lower_artifact
+            on_step("lowering to GGUF (model.gguf)")
+            report["lowering"] = lower_artifact(read_container(tmp / "model.cllm"), tmp)
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
             report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
-                                               eval_progress)
+                                               eval_progress, backend_dir=tmp if target.backend == "gguf" else None)
         manifest = {"format": "cllm-artifact", "version": 1, "source": model.source,
                     "pipeline": pipeline_text(passes), "target": target.name, "tools": tool_versions(),
                     "model_cllm_sha256": file_sha256(tmp / "model.cllm")}
@@ -190,8 +194,10 @@ def _lowering_note(target: Target) -> str:
 
 
 def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int, seqlen: int,
-                      progress: Callable[[int, int], None] | None) -> dict[str, Any]:
-    """PPL before/after and KLD, running the artifact *as read back from disk*."""
+                      progress: Callable[[int, int], None] | None,
+                      backend_dir: Path | None = None) -> dict[str, Any]:
+    """PPL before/after and KLD, running the artifact *as read back from disk*; with
+    `backend_dir`, also the lowered GGUF in llama.cpp on the same windows."""
     from .backends.torch_ref import build_torch_model
     from .evaluate import evaluate, tokenize, wikitext_text
     compressed = read_container(cllm)
@@ -201,7 +207,18 @@ def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int,
     ids = tokenize(model.tokenizer, wikitext_text())
     ref, net = build_torch_model(ref_model), build_torch_model(compressed)
     n = min(windows, ids.numel() // seqlen)
-    res = evaluate({"reference": ref, "compressed": net}, ids, reference=ref, seqlen=seqlen, max_windows=n,
-                   progress=(lambda w: progress(w + 1, n)) if progress else None)
-    return {"reference": res["reference"].to_dict(), "compressed": res["compressed"].to_dict(),  # type: ignore[union-attr]
-            "runner": "torch-cpu-fp32 (reference runner)"}
+    extra: dict[str, Any] = {}
+    if backend_dir is not None:
+        from .backends.gguf_backend import gguf_models
+        extra = gguf_models(backend_dir, seqlen)
+    res = evaluate({"reference": ref, "compressed": net, **extra}, ids, reference=ref, seqlen=seqlen, max_windows=n,
+                   progress=(lambda w: progress(w + 1, n)) if progress else None,
+                   pairs=tuple(("compressed", k) for k in extra))
+    out = {"reference": res["reference"].to_dict(), "compressed": res["compressed"].to_dict(),  # type: ignore[union-attr]
+           "runner": "torch-cpu-fp32 (reference runner)"}
+    for k, runner in extra.items():
+        from .backends.gguf_backend import speed
+        out["backends"] = {k: {**res[k].to_dict(), "vs_torch_same_weights": res[f"{k}|compressed"],  # type: ignore[union-attr]
+                               "speed": speed(runner, ids)}}
+        runner.close()
+    return out

@@ -54,6 +54,10 @@ class TargetError(CllmError):
     """Unknown target or a target that cannot run the requested pipeline."""
 
 
+class BackendError(CllmError):
+    """A backend cannot lower or run the model (format it cannot hold, runtime missing)."""
+
+
 class CodecError(CllmError):
     """Encoding or decoding of a payload failed."""
 

@@ -64,8 +64,11 @@ def _kld_rows(ref_logits: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Ten
 def evaluate(models: dict[str, torch.nn.Module], ids: torch.Tensor, reference: torch.nn.Module | None = None,
              seqlen: int = 2048, max_windows: int | None = None, first_window: int = 0,
              progress: Callable[[int], None] | None = None,
-             keep_kld: bool = False) -> dict[str, EvalResult | dict]:
-    """Score each model on the same windows; KLD against `reference` when given."""
+             keep_kld: bool = False, pairs: tuple[tuple[str, str], ...] = ()) -> dict[str, EvalResult | dict]:
+    """Score each model on the same windows; KLD against `reference` when given.
+
+    `pairs` (a, b) also compare model b against model a (e.g. two backends running the same
+    weights), reported under "b|a" as {kld_mean, kld_p99, top1_agree}, from the same logits."""
     total = ids.numel() // seqlen
     if total == 0:
         raise EvalError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}", hint="lower --seqlen")
@@ -73,17 +76,23 @@ def evaluate(models: dict[str, torch.nn.Module], ids: torch.Tensor, reference: t
     nll = {k: 0.0 for k in models}
     kl: dict[str, list[torch.Tensor]] = {k: [] for k in models}
     ag: dict[str, list[torch.Tensor]] = {k: [] for k in models}
+    pk: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {p: [] for p in pairs}
     with torch.inference_mode():
         for w in range(first_window, last):
             x = ids[w * seqlen:(w + 1) * seqlen][None]
             ref = reference(x).logits[0, :-1] if reference is not None else None
+            window: dict[str, torch.Tensor] = {}
             for name, net in models.items():
                 logits = ref if net is reference else net(x).logits[0, :-1]
+                window[name] = logits
                 nll[name] += float(F.cross_entropy(logits.float(), x[0, 1:], reduction="sum"))
                 if ref is not None:
                     k, a = _kld_rows(ref, logits)
                     kl[name].append(k)
                     ag[name].append(a)
+            for a_name, b_name in pairs:
+                pk[(a_name, b_name)].append(_kld_rows(window[a_name], window[b_name]))
+            del window
             if progress:
                 progress(w)
     out: dict[str, EvalResult | dict] = {}
@@ -99,6 +108,11 @@ def evaluate(models: dict[str, torch.nn.Module], ids: torch.Tensor, reference: t
             if keep_kld:
                 out[name + ":kld"] = {"kld": allk.float().numpy(), "agree": torch.cat(ag[name]).numpy()}
         out[name] = r
+    for (a_name, b_name), parts in pk.items():
+        k = torch.cat([p[0] for p in parts]).double()
+        out[f"{b_name}|{a_name}"] = {"kld_mean": float(k.mean()), "kld_p99": float(torch.quantile(k.float(), 0.99)),
+                                     "top1_agree": float(torch.cat([p[1] for p in parts]).float().mean()),
+                                     "tokens": int(k.numel())}
     return out
 
 

@@ -116,7 +116,11 @@ def load_gguf(path: Path) -> Model:
         raise LoadError(f"{path.name} is not a readable GGUF file: {e}",
                         hint="the file is corrupt or truncated; re-download it") from e
     config = config_from_gguf(reader)
-    model = Model(config, _tokenizer(path, reader), source={"format": "gguf"})
+    source: dict = {"format": "gguf"}
+    pre = _field(reader, "tokenizer.ggml.pre")
+    if pre:  # llama.cpp's pre-tokenizer name; transformers' conversion does not keep it
+        source["tokenizer_pre"] = str(pre)
+    model = Model(config, _tokenizer(path, reader), source=source)
     for t in reader.tensors:
         name = hf_name(t.name)
         if name is None:

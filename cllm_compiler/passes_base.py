@@ -121,6 +121,7 @@ class Pass:
     # Analysis passes read the model and fill the context (calibrate, allocate); they run over the
     # whole model before the transforms, which may then stream tensor by tensor.
     analysis: ClassVar[bool] = False
+    lossless: ClassVar[bool] = False  # changes how a tensor is stored, never what it decodes to
 
     def __init__(self, **kwargs: Any) -> None:
         declared = {p.name: p for p in self.all_params()}

@@ -351,4 +351,4 @@ def rep_from_coded(kind: str, meta: dict[str, Any], coded: dict[str, Coded], sha
     return Encoded(kind, meta, coded, shape)
 
 
-from . import reprs_codebook, reprs_lowrank, reprs_sparse  # noqa: E402,F401  (register composite representations)
+from . import reprs_codebook, reprs_ggml, reprs_lowrank, reprs_sparse  # noqa: E402,F401  (register composite representations)

@@ -20,6 +20,7 @@ import torch
 from ..container import fixed_nbytes, record_nbytes
 from ..errors import PassError
 from ..ir import Model, TensorNode
+from ..parallel import default_workers, fork_map
 from ..passes_base import Param, Pass, PassStats, register_pass
 
 Option = tuple[float, float]  # (bits in the file, distortion)
@@ -81,6 +82,11 @@ class AllocatePass(Pass):
               choices=("output", "relative")),
         Param("choices", str, "bits=2|3|4|5|6|8",
               "plans tried per tensor by later passes: param=v|v|...[;param=v|...] (all combinations)"),
+        Param("workers", int, 0, "processes simulating candidates in parallel (forked; results do not depend "
+              "on it); 0 = one per CPU core, at most 4, or $CLLM_WORKERS", check=lambda w: w >= 0),
+        Param("rate", str, "cllm", "whose bytes the budget counts: cllm = the .cllm container; gguf = the "
+              "lowered GGUF file (later passes must produce GGUF types, e.g. ggml{type=...})",
+              choices=("cllm", "gguf")),
     )
     requires = frozenset({"calibrated"})
     provides = frozenset({"allocated"})
@@ -95,19 +101,21 @@ class AllocatePass(Pass):
             raise PassError(f"choices={self.args['choices']!r} is not 'param=v1|v2|...'",
                             hint="e.g. bits=2|3|4 or bits=3|4;group=64|128") from None
         later = self.ctx.pipeline[self.ctx.pipeline.index(self) + 1:] if self in self.ctx.pipeline else []
+        if self.args["rate"] == "gguf":  # lossless coding changes neither the GGUF nor the error
+            later = [p for p in later if not p.lossless]
         nodes = [n for n in model if self.matches(n)]
         if not nodes:
             raise PassError("allocate matches no tensor", hint="check match=/names=")
-        fixed_bits = 8 * fixed_nbytes(model) + sum(8 * record_nbytes(self._simulate(n, later, {}))
-                                                   for n in model if not self.matches(n))
+        fixed_bits = 8 * self._fixed_nbytes(model) + sum(8 * self._nbytes(self._simulate(n, later, {}))
+                                                         for n in model if not self.matches(n))
         scale = self._uncalibrated_scale(nodes)
-        options = []
-        for node in nodes:
+
+        def candidates(node: TensorNode) -> list[Option]:
             # relative metric: the tensor's own output energy, computed once for all its candidates
             energy = (self._error(node, self.ctx.original(node), scale) if self.args["metric"] == "relative" else 1.0)
-            options.append([self._candidate(node, later, plan, scale, energy) for plan in plans])
-            if self.on_tensor is not None:
-                self.on_tensor(node.name)
+            return [self._candidate(node, later, plan, scale, energy) for plan in plans]
+        done = (lambda i: self.on_tensor(nodes[i].name)) if self.on_tensor is not None else None
+        options = fork_map(candidates, nodes, self.args["workers"] or default_workers(), done)
         budget = self.args["budget"] * model.num_params - fixed_bits
         floor = sum(min(r for r, _ in o) for o in options)
         if floor > budget:
@@ -125,13 +133,18 @@ class AllocatePass(Pass):
         return stats
 
     def _simulate(self, node: TensorNode, later: list[Pass], plan: dict) -> TensorNode:
-        """`node` after the rest of the pipeline with `plan` applied (the model is untouched)."""
+        """`node` after the rest of the pipeline with `plan` applied (the model is untouched).
+        `self._lossy` keeps its representation before the first lossless pass: the same
+        weights, cheaper to decode than entropy-coded bytes."""
         tmp = copy.copy(node)
+        self._lossy = None
         saved = self.ctx.plan.get(node.name)
         self.ctx.plan[node.name] = plan
         self.ctx.simulating = True
         try:
             for p in later:
+                if p.lossless and self._lossy is None:
+                    self._lossy = tmp.rep
                 if p.matches(tmp):
                     p.apply(tmp, PassStats("simulated"))
         finally:
@@ -145,8 +158,21 @@ class AllocatePass(Pass):
     def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float,
                    energy: float) -> tuple[float, float]:
         out = self._simulate(node, later, plan)
-        delta = out.rep.decode() - self.ctx.original(node)
-        return 8.0 * record_nbytes(out), self._error(node, delta, scale) / max(energy, 1e-30)
+        delta = (self._lossy if self._lossy is not None else out.rep).decode() - self.ctx.original(node)
+        self._lossy = None
+        return 8.0 * self._nbytes(out), self._error(node, delta, scale) / max(energy, 1e-30)
+
+    def _nbytes(self, node: TensorNode) -> int:
+        if self.args["rate"] == "gguf":
+            from ..backends.gguf_writer import tensor_nbytes
+            return tensor_nbytes(node)
+        return record_nbytes(node)
+
+    def _fixed_nbytes(self, model: Model) -> int:
+        if self.args["rate"] == "gguf":
+            from ..backends.gguf_writer import meta_nbytes
+            return meta_nbytes(model)
+        return fixed_nbytes(model)
 
     def _error(self, node: TensorNode, delta: torch.Tensor, scale: float) -> float:
         """Output squared error on the calibration tokens (weight error x `scale` without statistics)."""

@@ -24,6 +24,7 @@ class EntropyPass(Pass):
     params = (Param("codec", str, "auto", "codec to use", choices=tuple(CHOICES)),)
     provides = frozenset({"entropy"})
     default_match = "all"
+    lossless = True
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
         if isinstance(node.rep, Encoded):

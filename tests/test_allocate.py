@@ -44,3 +44,14 @@ def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path):
     with pytest.raises(PassError, match="below the smallest reachable"):
         compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipe), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_parallel_candidates_give_the_same_bytes(tiny_dir, tmp_path):
+    """Forked workers simulate candidates; the artifact must not depend on how many."""
+    pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "3.5")
+    out = {}
+    for w in (1, 2):
+        p = pipe.replace("allocate{budget=3.5,", f"allocate{{budget=3.5,workers={w},")
+        compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(p), tmp_path / f"w{w}")
+        out[w] = (tmp_path / f"w{w}" / "model.cllm").read_bytes()
+    assert out[1] == out[2]

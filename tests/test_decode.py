@@ -47,9 +47,16 @@ def test_gguf_exact_types_round_trip(tiny_dir, tmp_path, capsys):
         assert torch.equal(back.tensors[n.name].rep.decode(), n.rep.decode()), n.name
 
 
-def test_gguf_fallback_is_reported(tiny_artifact, tmp_path, capsys):
+def test_gguf_inexact_tensors_are_reported(tiny_artifact, tmp_path, capsys):
+    import gguf
     out = tmp_path / "m.gguf"
-    assert decode_main([str(tiny_artifact), "--to", "gguf", "--dtype", "f16", "-o", str(out)]) == 0
+    assert decode_main([str(tiny_artifact), "--to", "gguf", "--inexact", "f16", "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "int4 g64" in err and "(lossy)" in err
+    assert "int4 g64" in err and "written as F16, extra MSE" in err
     assert decode_main([str(tiny_artifact), "--to", "gguf", "-o", str(out)]) == 2  # exists, no --force
+    # default: re-quantized per tensor to a GGUF type no larger than the tensor's own bits
+    assert decode_main([str(tiny_artifact), "--to", "gguf", "-o", str(out), "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "re-quantized to" in err and "SQNR" in err
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types["blk.0.attn_q.weight"] not in ("F32", "F16")

@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 BUDGET_PIPELINE = ("calibrate,allocate{{budget={budget},choices=bits=2|3|4|5|6|8}},"
                    "gptq{{match=linear|embed|lm_head}},quant{{match=embed|lm_head}},entropy")
 
+# GGUF targets: per-tensor llama.cpp types (like llama-quantize --tensor-type), budgeted in GGUF bytes
+GGUF_TYPES = "Q2_K|Q3_K|IQ4_XS|IQ4_NL|Q4_K|Q5_0|Q5_K|Q6_K|Q8_0"
+GGUF_BUDGET_PIPELINE = ("calibrate,allocate{{budget={budget},rate=gguf,choices=type=" + GGUF_TYPES + "}},"
+                        "ggml{{match=linear|embed|lm_head}},entropy")
+
 
 def apply_budget(passes: list, budget: float) -> None:
     from ..errors import PipelineError
@@ -110,7 +115,8 @@ def _main(argv: list[str] | None) -> int:
     from ..pipeline import load_recipe, parse_pipeline
     target = get_target(args.target)
     if args.budget is not None and not (args.pipeline or args.recipe):
-        args.pipeline = BUDGET_PIPELINE.format(budget=args.budget)
+        recipe = GGUF_BUDGET_PIPELINE if target.backend == "gguf" else BUDGET_PIPELINE
+        args.pipeline = recipe.format(budget=args.budget)
     passes = (load_recipe(args.recipe) if args.recipe else parse_pipeline(args.pipeline or target.default_pipeline))
     if args.budget is not None:
         apply_budget(passes, args.budget)

@@ -13,8 +13,11 @@ examples:
   cllm-decode out/smollm2-x86-avx512 --to safetensors -o smollm2-hf/
   cllm-decode out/smollm2-gguf-cpu --to gguf -o smollm2.gguf
 safetensors: every tensor decoded to --dtype (f32 = bit-exact with the IR's decode).
-gguf: Q8_0/Q4_0/Q4_1-shaped tensors are written as those types, bit-exactly; others are
-dequantized to --dtype (f32 exact, f16 lossy), each listed.
+gguf: tensors whose format is a GGUF type (ggml-pass K/i-quants; int8/int4/int5 g32 as
+Q8_0/Q4_0/Q4_1/Q5_0/Q5_1; f32/f16/bf16) are written bit-exactly, the same bytes the gguf
+backend writes at compile time. Others follow --inexact: 'requant' (default) picks per tensor
+the GGUF type with least error no larger than the tensor's own bits; f32/f16/bf16 dequantize.
+Each inexact tensor is listed with its extra error.
 """
 
 
@@ -27,7 +30,9 @@ def _main(argv: list[str] | None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("artifact", help="artifact folder or .cllm file")
     ap.add_argument("--to", required=True, choices=("safetensors", "gguf"))
-    ap.add_argument("--dtype", default="f32", choices=("f32", "f16", "bf16"))
+    ap.add_argument("--dtype", default="f32", choices=("f32", "f16", "bf16"), help="safetensors dtype")
+    ap.add_argument("--inexact", default="requant", choices=("requant", "f32", "f16", "bf16"),
+                    help="gguf: what to do with tensors no GGUF type holds exactly")
     ap.add_argument("-o", "--out", type=Path, required=True, help="output folder (safetensors) or file (gguf)")
     ap.add_argument("--force", action="store_true", help="replace an existing output")
     args = ap.parse_args(argv)
@@ -44,7 +49,7 @@ def _main(argv: list[str] | None) -> int:
             raise OutputError(f"{args.out} already exists", hint="use --force to replace it")
         from ..backends.gguf_writer import write_gguf
         with atomic_path(args.out) as tmp:
-            notes = write_gguf(model, tmp, fallback=args.dtype.upper())
+            notes = write_gguf(model, tmp, inexact=args.inexact)
         for n in notes:
             console.print(f"[yellow]note:[/] {n}", highlight=False, soft_wrap=True)
     console.print(f"[green]written:[/] {args.out}", highlight=False)

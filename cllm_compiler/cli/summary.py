@@ -30,11 +30,29 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
                   f"{r['ppl']:.3f}", f"{c['ppl']:.3f} ({100 * (c['ppl'] / r['ppl'] - 1):+.2f}%)")
         t.add_row("KLD mean / p99 vs uncompressed", "0", f"{c['kld_mean']:.5f} / {c['kld_p99']:.4f}")
         t.add_row("top-1 agreement", "1", f"{c['top1_agree']:.4f}")
+        for name, b in (ev.get("backends") or {}).items():
+            x = b["vs_torch_same_weights"]
+            t.add_row(f"{name}: PPL / KLD vs uncompressed", "",
+                      f"{b['ppl']:.3f} ({100 * (b['ppl'] / r['ppl'] - 1):+.2f}%) / {b['kld_mean']:.5f}")
+            t.add_row(f"{name} vs torch, same weights: KLD / top-1", "", f"{x['kld_mean']:.5f} / {x['top1_agree']:.4f}")
+            sp = b["speed"]
+            t.add_row(f"{name} prefill / decode tok/s (measured, {sp['threads']} thread)", "",
+                      f"{sp['prefill_tok_s']:,.0f} / {sp['decode_tok_s']:,.0f}")
     else:
         t.add_row("PPL / KLD", "-", "not evaluated (--eval-windows 0)")
+    low = report["lowering"]
+    if isinstance(low, dict):
+        t.add_row(f"{low['backend']} file ({low['file']}): size / bits/weight", "",
+                  f"{_mb(low['bytes'])} / {low['bits_per_weight']:.3f}")
     t.add_row("compile time / peak RSS", "", f"{report['timing']['compile_s']:.1f} s / {report['peak_rss_mib']:.0f} MiB")
     est = report["estimates"]["decode_tokens_per_s_bandwidth_bound"]
     t.add_row("decode tok/s on target (estimated, roofline)", "", f"{est:,.0f}")
     out.print(t)
     out.print(f"[dim]pipeline: {report['pipeline']}[/]", highlight=False)
-    out.print(f"[dim]{report['lowering']}[/]", highlight=False)
+    if isinstance(low, dict):
+        types = ", ".join(f"{k} x{v}" for k, v in low["tensor_types"].items())
+        out.print(f"[dim]{low['file']}: {types}; runtime: {low['runtime']}[/]", highlight=False)
+        for n in low["notes"]:
+            out.print(f"[yellow]note:[/] {n}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"[dim]{low}[/]", highlight=False)

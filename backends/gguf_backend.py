@@ -1,0 +1,62 @@
+"""The `gguf` backend: lower a compiled artifact to model.gguf and validate it in llama.cpp.
+
+Lowering reads the .cllm back (so `cllm-decode ART --to gguf` gives the same bytes) and writes
+the GGUF atomically. Validation runs llama.cpp on the same WikiText windows as the torch
+evaluator: PPL, KLD against the uncompressed model, KLD/top-1 against the torch run of the
+same weights (the cross-backend check), prefill/decode tokens/s and memory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..atomic import atomic_path
+from ..ir import Model
+from .gguf_writer import write_gguf
+
+GGUF_FILE = "model.gguf"
+
+
+def lower_artifact(model: Model, folder: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write folder/model.gguf from `model` (read back from the .cllm); return the lowering facts."""
+    import gguf
+    path = folder / GGUF_FILE
+    with atomic_path(path) as tmp:
+        notes = write_gguf(model, tmp, progress=progress)
+    size = path.stat().st_size
+    reader = gguf.GGUFReader(str(path))
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return {"backend": "gguf", "file": GGUF_FILE, "bytes": size, "bits_per_weight": size * 8 / model.num_params,
+            "tensor_types": dict(sorted(types.items())), "notes": notes,
+            "runtime": "llama.cpp via llama-cpp-python" if runnable() else
+                       "llama-cpp-python not installed: the GGUF was written but not run here"}
+
+
+def runnable() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def gguf_models(folder: Path, seqlen: int) -> dict[str, Any]:
+    """The GGUF as an evaluator model, when llama.cpp is available."""
+    if not runnable() or not (folder / GGUF_FILE).is_file():
+        return {}
+    from .gguf_run import LlamaCppModel
+    return {"llama.cpp": LlamaCppModel(folder / GGUF_FILE, n_ctx=seqlen)}
+
+
+def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
+    """Median prefill/decode tokens/s of a LlamaCppModel on this host (measured, not estimated)."""
+    import psutil
+    new_tokens = min(new_tokens, model.n_ctx // 4)
+    prompt = min(prompt, model.n_ctx - new_tokens)
+    runs = [model.speed(ids[:prompt].tolist(), new_tokens) for _ in range(repeats)]
+    med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+    return {**{k: round(v, 1) for k, v in med.items()}, "prompt_tokens": prompt, "new_tokens": new_tokens,
+            "repeats": repeats, "threads": int(os.environ.get("CLLM_THREADS", "1")),
+            "process_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
+            "label": "measured: llama.cpp on this host's CPU"}

@@ -1,0 +1,79 @@
+"""cllm-run: generate text with a compiled artifact on this machine.
+
+An artifact with a lowered model.gguf runs in llama.cpp (llama-cpp-python); any other runs
+in the PyTorch reference runner (decoded float32 weights). Greedy decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .ui import run_cli, setup_threads, step
+
+EPILOG = """\
+examples:
+  cllm-run out/smollm2-gguf-cpu --prompt "The capital of France is" -n 16
+  cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time" --runner torch
+  cllm-run art/ --chat "What is the capital of France?"     # applies the model's chat template
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="cllm-run", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("artifact", type=Path, help="artifact folder written by cllm-compile")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="text to continue")
+    g.add_argument("--chat", help="a user message, wrapped in the model's chat template")
+    ap.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    ap.add_argument("--runner", choices=("auto", "llama.cpp", "torch"), default="auto",
+                    help="auto = llama.cpp when the artifact holds model.gguf, else torch")
+    args = ap.parse_args(argv)
+    setup_threads()
+    from ..errors import CllmError
+    gguf = args.artifact / "model.gguf"
+    runner = args.runner if args.runner != "auto" else ("llama.cpp" if gguf.is_file() else "torch")
+    if runner == "llama.cpp" and not gguf.is_file():
+        raise CllmError(f"{args.artifact} has no model.gguf", hint="compile with --target gguf-cpu, or use --runner torch")
+    if runner == "llama.cpp":
+        step(f"runner: llama.cpp ({gguf})")
+        from ..backends.gguf_run import LlamaCppModel
+        lm = LlamaCppModel(gguf, n_ctx=2048, logits_all=False, kv_type="f16")
+        text = lm.chat(args.chat, args.max_tokens) if args.chat else lm.generate(args.prompt, args.max_tokens)
+    else:
+        step(f"runner: torch reference ({args.artifact})")
+        text = _torch_generate(args.artifact, args.prompt, args.chat, args.max_tokens)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _torch_generate(artifact: Path, prompt: str | None, chat: str | None, n: int) -> str:
+    import torch
+
+    from ..backends.torch_ref import build_torch_model
+    from ..errors import EvalError
+    from ..loading import load_model
+    model = load_model(artifact)
+    if model.tokenizer is None:
+        raise EvalError("the artifact has no tokenizer", hint="compile from a model folder with tokenizer.json")
+    tok = model.tokenizer.load()
+    if chat is not None:
+        if not model.tokenizer.chat_template:
+            raise EvalError("the model has no chat template", hint="use --prompt")
+        from jinja2 import Template
+        prompt = Template(model.tokenizer.chat_template).render(
+            messages=[{"role": "user", "content": chat}], add_generation_prompt=True)
+    ids = torch.tensor([tok.encode(prompt or "", add_special_tokens=model.tokenizer.add_bos).ids])
+    net = build_torch_model(model)
+    with torch.inference_mode():
+        out = net.generate(ids, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, ids.shape[1]:].tolist())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
