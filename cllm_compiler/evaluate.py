@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import EvalError
-from .ir import Model, TokenizerSpec
+from .ir import TokenizerSpec
 
 _ROWS = 512  # positions per chunk when comparing distributions, to bound memory
 

@@ -148,7 +148,7 @@ def test_unknown_architecture_and_tensor_refused(tiny_dir, tmp_path):
 
 
 def test_rows_not_whole_blocks():
-    from cllm_compiler.backends.gguf_writer import requant
+    from cllm_compiler.backends.gguf_types import requant
     from cllm_compiler.ir import TensorNode
     from cllm_compiler.passes.ggml import GGMLPass
     from cllm_compiler.passes_base import PassStats
@@ -175,3 +175,23 @@ def test_budget_chooses_gguf_types_for_the_gguf_file(tiny_dir, tmp_path):
     assert 4.4 <= bpw <= 4.5, bpw
     types = {t.tensor_type.name for t in gguf.GGUFReader(str(g)).tensors if len(t.shape) == 2}
     assert len(types) >= 2, types
+
+
+def test_run_cli_torch_runner_and_errors(tiny_artifact, capsys):
+    from cllm_compiler.cli.run import main as run_main
+    assert run_main([str(tiny_artifact), "--prompt", "The", "-n", "4"]) == 0  # no model.gguf: torch runner
+    assert "runner: torch reference" in capsys.readouterr().err
+    assert run_main([str(tiny_artifact), "--prompt", "The", "--runner", "llama.cpp"]) == 2
+    assert "has no model.gguf" in capsys.readouterr().err
+    assert run_main([str(tiny_artifact), "--chat", "hi"]) == 2  # the tiny tokenizer has no chat template
+    assert "no chat template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_other_llama_family_archs_run_in_llama_cpp(tmp_path, arch):
+    """Mistral is written as llama.cpp's llama (q/k permuted); Qwen2 as qwen2 (biases, no permutation)."""
+    from tests.conftest import make_hf_dir
+    src = make_hf_dir(tmp_path / arch, arch=arch, seed=3)
+    res = _compile(src, tmp_path / "a", "cast{dtype=f32}", eval_windows=1)
+    x = res.report["eval"]["backends"]["llama.cpp"]["vs_torch_same_weights"]
+    assert x["top1_agree"] == 1.0 and x["kld_mean"] < 1e-5, x
