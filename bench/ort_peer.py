@@ -1,7 +1,7 @@
 """onnxruntime's MatMulNBits weight-only quantizer as a peer in the rate-distortion sweep.
 
 Every linear (and the tied lm_head) becomes one fp16 MatMul in an ONNX graph; onnxruntime's
-`MatMulNBitsQuantizer` quantizes it (RTN = its default C++ kernels, and HQQ); the quantized
+`MatMulNBitsQuantizer` quantizes it (RTN = its default C++ kernels, and HQQ; its k_quant crashes, see CONFIGS); the quantized
 weights are read back, dequantized with the MatMulNBits layout (checked against onnxruntime
 itself running the node) and put into the IR for the same torch evaluation as every other
 point. Bytes counted: the quantized .onnx file + the f32 norms + the zstd tokenizer, i.e. what
@@ -17,6 +17,9 @@ import numpy as np
 CONFIGS = {"ort-rtn-int4-b32": ("rtn", 4, 32), "ort-rtn-int4-b128": ("rtn", 4, 128),
            "ort-hqq-int4-b64": ("hqq", 4, 64), "ort-rtn-int8-b128": ("rtn", 8, 128),
            "ort-rtn-int2-b32": ("rtn", 2, 32)}
+# k_quant (algo "kquant" below) is not in the sweep: onnxruntime 1.32's KQuantWeightOnlyQuantConfig
+# crashes in its zero-point packing ("cannot reshape array of size 221184 into shape (49152,...)") on
+# SmolLM2's 49152x576 lm_head, on every asymmetric layer, and on ragged blocks (576 columns at 128).
 
 
 def _weights(model) -> dict[str, np.ndarray]:
@@ -43,9 +46,11 @@ def build_graph(weights: dict[str, np.ndarray]):
 
 def quantize(proto, algo: str, bits: int, block: int):
     from onnxruntime.quantization import matmul_nbits_quantizer as q
-    cfg = (q.HQQWeightOnlyQuantConfig(block_size=block, bits=bits) if algo == "hqq"
-           else q.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, bits=bits))
-    quant = q.MatMulNBitsQuantizer(proto, bits=bits, block_size=block, is_symmetric=False, algo_config=cfg)
+    sym = algo == "kquant"
+    cfg = {"hqq": lambda: q.HQQWeightOnlyQuantConfig(block_size=block, bits=bits),
+           "kquant": lambda: q.KQuantWeightOnlyQuantConfig(),
+           "rtn": lambda: q.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, bits=bits)}[algo]()
+    quant = q.MatMulNBitsQuantizer(proto, bits=bits, block_size=block, is_symmetric=sym, algo_config=cfg)
     quant.process()
     return quant.model.model
 
