@@ -165,30 +165,40 @@ def evaluate(args: argparse.Namespace, facts: dict[str, dict]) -> None:
 
 
 def speed(args: argparse.Namespace, facts: dict[str, dict]) -> None:
-    """Decode tok/s, interleaved rounds (every file once per round), median per file."""
+    """Decode tok/s in interleaved rounds. Each round visits every file once, a peer and the cllm
+    file of its size back to back, so per-round ratios compare runs seconds apart (this machine
+    drifts by ±30%); reported: the median per file and the median of per-round ratios."""
     from cllm_compiler.backends.gguf_run import LlamaCppModel
     from cllm_compiler.evaluate import tokenize, wikitext_text
     from cllm_compiler.loading import load_model
     ids = tokenize(load_model(args.model).tokenizer, wikitext_text())[:128].tolist()
-    runs: dict[str, list[dict]] = {k: [] for k in facts}
-    for _ in range(args.rounds):
-        for name, f in facts.items():
-            lm = LlamaCppModel(Path(f["path"]), n_ctx=512, logits_all=False, kv_type="f16")
-            runs[name].append(lm.speed(ids, 64))
+    order = ["llama.cpp-F16"] + [n for k in args.types for n in (f"llama.cpp-{k}", f"cllm@{k}-size",
+                                                                  f"llama.cpp-{k}+imatrix")]
+    runs: dict[str, list[dict]] = {k: [] for k in order}
+    for r in range(args.rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            lm = LlamaCppModel(Path(facts[name]["path"]), n_ctx=512, logits_all=False, kv_type="f16")
+            lm.speed(ids[:16], 4)  # warm the weights into the page cache
+            runs[name].append(lm.speed(ids, args.new_tokens))
             lm.close()
-    f16 = np.median([r["decode_tok_s"] for r in runs["llama.cpp-F16"]])
+    dec = {k: np.array([x["decode_tok_s"] for x in v]) for k, v in runs.items()}
     for name, f in facts.items():
-        f["decode_tok_s"] = float(np.median([r["decode_tok_s"] for r in runs[name]]))
-        f["prefill_tok_s"] = float(np.median([r["prefill_tok_s"] for r in runs[name]]))
-        f["decode_vs_f16"] = f["decode_tok_s"] / f16
-        f["decode_runs"] = [round(r["decode_tok_s"], 1) for r in runs[name]]
+        f["decode_tok_s"] = float(np.median(dec[name]))
+        f["prefill_tok_s"] = float(np.median([x["prefill_tok_s"] for x in runs[name]]))
+        f["decode_vs_f16"] = float(np.median(dec[name] / dec["llama.cpp-F16"]))
+        f["decode_runs"] = [round(float(x), 1) for x in dec[name]]
+    for k in args.types:
+        facts[f"cllm@{k}-size"]["decode_vs_peer"] = float(np.median(dec[f"cllm@{k}-size"] / dec[f"llama.cpp-{k}"]))
+        facts[f"llama.cpp-{k}+imatrix"]["decode_vs_peer"] = float(np.median(dec[f"llama.cpp-{k}+imatrix"]
+                                                                         / dec[f"llama.cpp-{k}"]))
 
 
 def report(args: argparse.Namespace, facts: dict[str, dict]) -> str:
     ref_ppl = facts["llama.cpp-F16"]["ppl"]
     lines = [f"Healed SmolLM2-135M, WikiText-2 test, {args.windows} x {args.seqlen} tokens, all files run in "
              f"llama.cpp (llama-cpp-python, 1 thread, f32 KV for scoring); KLD vs the fp32 torch reference; "
-             f"decode tok/s median of {args.rounds} interleaved rounds (128-token prompt, 64 new tokens, f16 KV).", "",
+             f"decode tok/s median of {args.rounds} interleaved rounds (128-token prompt, {args.new_tokens} new tokens, "
+             f"f16 KV); ratios are medians of per-round ratios.", "",
              "| file | bpw | PPL | ΔPPL | KLD mean | KLD p99 | top-1 | decode tok/s | vs F16 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, f in sorted(facts.items(), key=lambda kv: -kv[1]["bpw"]):
@@ -197,12 +207,13 @@ def report(args: argparse.Namespace, facts: dict[str, dict]) -> str:
                      f"{f['decode_vs_f16']:.2f}× |")
     lines += ["", "Goal check at matched size (cllm ≤ the peer's bpw): KLD ratio cllm / llama.cpp (goal < 1), "
               "decode ratio cllm / llama.cpp (goal ≥ 0.95):", "",
-              "| size of | cllm bpw | vs plain: KLD ratio | vs +imatrix: KLD ratio | decode ratio (vs plain) |",
-              "|---|---|---|---|---|"]
+              "| size of | cllm bpw | vs plain: KLD ratio | vs +imatrix: KLD ratio | decode ratio vs plain | "
+              "noise: +imatrix vs plain decode |",
+              "|---|---|---|---|---|---|"]
     for kind in args.types:
         c, p, pi = facts[f"cllm@{kind}-size"], facts[f"llama.cpp-{kind}"], facts[f"llama.cpp-{kind}+imatrix"]
         lines.append(f"| {kind} ({p['bpw']:.3f}) | {c['bpw']:.3f} | {c['kld_mean'] / p['kld_mean']:.3f} | "
-                     f"{c['kld_mean'] / pi['kld_mean']:.3f} | {c['decode_tok_s'] / p['decode_tok_s']:.3f} |")
+                     f"{c['kld_mean'] / pi['kld_mean']:.3f} | {c['decode_vs_peer']:.3f} | {pi['decode_vs_peer']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +223,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--new-tokens", type=int, default=128, help="decode tokens per speed run")
+    ap.add_argument("--speed-only", action="store_true", help="re-measure speed for the files in --out's json")
     ap.add_argument("--work", type=Path, default=Path("bench/results/gguf_work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/gguf_bench"))
     ap.add_argument("--types", nargs="+", default=TYPES, choices=TYPES, help="llama.cpp types to compare")
@@ -222,8 +235,11 @@ def main() -> None:
         s = json.loads(args.shard)
         return eval_shard(args.model, s["files"], s["windows"], args.seqlen, Path(s["out"]))
     args.work.mkdir(parents=True, exist_ok=True)
-    facts = prepare(args)
-    evaluate(args, facts)
+    if args.speed_only:
+        facts = json.loads(args.out.with_suffix(".json").read_text())
+    else:
+        facts = prepare(args)
+        evaluate(args, facts)
     speed(args, facts)
     args.out.with_suffix(".json").write_text(json.dumps(facts, indent=1))
     args.out.with_suffix(".md").write_text(report(args, facts))
