@@ -26,7 +26,10 @@ import numpy as np
 HEALED = Path(__file__).resolve().parents[1].parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
 TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"]
 GGUF_PIPE = ("calibrate{{cache={cache}}},allocate{{budget={b},rate=gguf,choices=type={types}}},"
-             "ggml{{match=linear|embed|lm_head}},entropy")
+             "ggml{{match=linear|embed|lm_head,fallback={fallback}}},entropy")
+# v1 (first run): every type, llama.cpp's substitutes on rows that are not whole blocks;
+# v2 = the CLI's --budget default: no Q5_0/Q5_1 (slow on x86 llama.cpp), no substitutes.
+VARIANTS = {"cllm": ("Q2_K|Q3_K|IQ4_XS|IQ4_NL|Q4_K|Q5_0|Q5_K|Q6_K|Q8_0", "llama"), "cllm-v2": (None, "error")}
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -102,14 +105,15 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
                 llama_quantize(f16, dst, kind, im)
             files[f"llama.cpp-{kind}{tag}"] = dst
     n_params = load_model(args.model).num_params
+    types, fallback = VARIANTS[args.variant]
     for kind in args.types:  # cllm at the size of each llama.cpp type
         bpw = files[f"llama.cpp-{kind}"].stat().st_size * 8 / n_params
-        art = work / f"cllm-{kind}-size"
+        art = work / f"{args.variant}-{kind}-size"
         if not (art / "model.gguf").exists():
-            pipe = GGUF_PIPE.format(cache=cache, b=f"{bpw - 0.0005:.4f}", types=GGUF_TYPES)
+            pipe = GGUF_PIPE.format(cache=cache, b=f"{bpw - 0.0005:.4f}", types=types or GGUF_TYPES, fallback=fallback)
             sh([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-t", "gguf-cpu", "-p", pipe,
-                "-o", str(art), "--eval-windows", "0", "--force"], work / f"cllm-{kind}-size.log")
-        files[f"cllm@{kind}-size"] = art / "model.gguf"
+                "-o", str(art), "--eval-windows", "0", "--force"], work / f"{args.variant}-{kind}-size.log")
+        files[f"{args.variant}@{kind}-size"] = art / "model.gguf"
     return {k: {"path": str(p), "bytes": p.stat().st_size, "bpw": p.stat().st_size * 8 / n_params}
             for k, p in files.items()}
 
@@ -172,7 +176,7 @@ def speed(args: argparse.Namespace, facts: dict[str, dict]) -> None:
     from cllm_compiler.evaluate import tokenize, wikitext_text
     from cllm_compiler.loading import load_model
     ids = tokenize(load_model(args.model).tokenizer, wikitext_text())[:128].tolist()
-    order = ["llama.cpp-F16"] + [n for k in args.types for n in (f"llama.cpp-{k}", f"cllm@{k}-size",
+    order = ["llama.cpp-F16"] + [n for k in args.types for n in (f"llama.cpp-{k}", *_cllm(facts, k),
                                                                   f"llama.cpp-{k}+imatrix")]
     runs: dict[str, list[dict]] = {k: [] for k in order}
     for r in range(args.rounds):
@@ -183,14 +187,21 @@ def speed(args: argparse.Namespace, facts: dict[str, dict]) -> None:
             lm.close()
     dec = {k: np.array([x["decode_tok_s"] for x in v]) for k, v in runs.items()}
     for name, f in facts.items():
+        if name not in dec:
+            continue  # not re-measured this time: keeps its earlier numbers
         f["decode_tok_s"] = float(np.median(dec[name]))
         f["prefill_tok_s"] = float(np.median([x["prefill_tok_s"] for x in runs[name]]))
         f["decode_vs_f16"] = float(np.median(dec[name] / dec["llama.cpp-F16"]))
         f["decode_runs"] = [round(float(x), 1) for x in dec[name]]
     for k in args.types:
-        facts[f"cllm@{k}-size"]["decode_vs_peer"] = float(np.median(dec[f"cllm@{k}-size"] / dec[f"llama.cpp-{k}"]))
+        for c in _cllm(facts, k):
+            facts[c]["decode_vs_peer"] = float(np.median(dec[c] / dec[f"llama.cpp-{k}"]))
         facts[f"llama.cpp-{k}+imatrix"]["decode_vs_peer"] = float(np.median(dec[f"llama.cpp-{k}+imatrix"]
                                                                          / dec[f"llama.cpp-{k}"]))
+
+
+def _cllm(facts: dict[str, dict], kind: str) -> list[str]:
+    return [f"{v}@{kind}-size" for v in VARIANTS if f"{v}@{kind}-size" in facts]
 
 
 def report(args: argparse.Namespace, facts: dict[str, dict]) -> str:
@@ -207,13 +218,16 @@ def report(args: argparse.Namespace, facts: dict[str, dict]) -> str:
                      f"{f['decode_vs_f16']:.2f}× |")
     lines += ["", "Goal check at matched size (cllm ≤ the peer's bpw): KLD ratio cllm / llama.cpp (goal < 1), "
               "decode ratio cllm / llama.cpp (goal ≥ 0.95):", "",
-              "| size of | cllm bpw | vs plain: KLD ratio | vs +imatrix: KLD ratio | decode ratio vs plain | "
+              "| size of | cllm variant | cllm bpw | vs plain: KLD ratio | vs +imatrix: KLD ratio | decode ratio vs plain | "
               "noise: +imatrix vs plain decode |",
-              "|---|---|---|---|---|---|"]
-    for kind in args.types:
-        c, p, pi = facts[f"cllm@{kind}-size"], facts[f"llama.cpp-{kind}"], facts[f"llama.cpp-{kind}+imatrix"]
-        lines.append(f"| {kind} ({p['bpw']:.3f}) | {c['bpw']:.3f} | {c['kld_mean'] / p['kld_mean']:.3f} | "
-                     f"{c['kld_mean'] / pi['kld_mean']:.3f} | {c['decode_vs_peer']:.3f} | {pi['decode_vs_peer']:.3f} |")
+              "|---|---|---|---|---|---|---|"]
+    for kind in [t for t in TYPES if f"llama.cpp-{t}" in facts]:
+        p, pi = facts[f"llama.cpp-{kind}"], facts[f"llama.cpp-{kind}+imatrix"]
+        for name in _cllm(facts, kind):
+            c = facts[name]
+            lines.append(f"| {kind} ({p['bpw']:.3f}) | {name.split('@')[0]} | {c['bpw']:.3f} | "
+                         f"{c['kld_mean'] / p['kld_mean']:.3f} | {c['kld_mean'] / pi['kld_mean']:.3f} | "
+                         f"{c['decode_vs_peer']:.3f} | {pi['decode_vs_peer']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +240,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--new-tokens", type=int, default=128, help="decode tokens per speed run")
     ap.add_argument("--speed-only", action="store_true", help="re-measure speed for the files in --out's json")
+    ap.add_argument("--variant", default="cllm", choices=sorted(VARIANTS), help="cllm type set (see VARIANTS)")
+    ap.add_argument("--merge", action="store_true", help="evaluate only files not in --out's json, keep the rest")
     ap.add_argument("--work", type=Path, default=Path("bench/results/gguf_work"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/gguf_bench"))
     ap.add_argument("--types", nargs="+", default=TYPES, choices=TYPES, help="llama.cpp types to compare")
@@ -235,11 +251,14 @@ def main() -> None:
         s = json.loads(args.shard)
         return eval_shard(args.model, s["files"], s["windows"], args.seqlen, Path(s["out"]))
     args.work.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").exists() else {}
     if args.speed_only:
-        facts = json.loads(args.out.with_suffix(".json").read_text())
+        facts = old
     else:
         facts = prepare(args)
-        evaluate(args, facts)
+        new = {k: v for k, v in facts.items() if k not in old or not args.merge}
+        evaluate(args, new)
+        facts = {**old, **new} if args.merge else facts
     speed(args, facts)
     args.out.with_suffix(".json").write_text(json.dumps(facts, indent=1))
     args.out.with_suffix(".md").write_text(report(args, facts))

@@ -113,7 +113,10 @@ class AllocatePass(Pass):
         def candidates(node: TensorNode) -> list[Option]:
             # relative metric: the tensor's own output energy, computed once for all its candidates
             energy = (self._error(node, self.ctx.original(node), scale) if self.args["metric"] == "relative" else 1.0)
-            return [self._candidate(node, later, plan, scale, energy) for plan in plans]
+            opts = [self._candidate(node, later, plan, scale, energy) for plan in plans]
+            if all(r == float("inf") for r, _ in opts):
+                self._simulate(node, later, plans[0])  # no choice fits this tensor: raise the first one's error
+            return opts
         done = (lambda i: self.on_tensor(nodes[i].name)) if self.on_tensor is not None else None
         options = fork_map(candidates, nodes, self.args["workers"] or default_workers(), done)
         budget = self.args["budget"] * model.num_params - fixed_bits
@@ -157,7 +160,10 @@ class AllocatePass(Pass):
 
     def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float,
                    energy: float) -> tuple[float, float]:
-        out = self._simulate(node, later, plan)
+        try:
+            out = self._simulate(node, later, plan)
+        except PassError:  # e.g. a block type that does not fit this tensor's rows: not a candidate
+            return float("inf"), float("inf")
         delta = (self._lossy if self._lossy is not None else out.rep).decode() - self.ctx.original(node)
         self._lossy = None
         return 8.0 * self._nbytes(out), self._error(node, delta, scale) / max(energy, 1e-30)

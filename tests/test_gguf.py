@@ -195,3 +195,28 @@ def test_other_llama_family_archs_run_in_llama_cpp(tmp_path, arch):
     res = _compile(src, tmp_path / "a", "cast{dtype=f32}", eval_windows=1)
     x = res.report["eval"]["backends"]["llama.cpp"]["vs_torch_same_weights"]
     assert x["top1_agree"] == 1.0 and x["kld_mean"] < 1e-5, x
+
+
+def test_budget_skips_types_that_do_not_fit_a_tensor(tmp_path):
+    """Rows of 96 weights hold no 256-block K-quant: on those tensors the allocator chooses among the
+    32-block types only (no silent substitute), while 256-wide down_proj may take K-quants."""
+    import json as _json
+
+    import gguf
+    import transformers
+
+    from cllm_compiler.cli.compile import main
+    from tests.conftest import train_tokenizer
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=96, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=256)
+    src = tmp_path / "m"
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(src)
+    train_tokenizer().save(str(src / "tokenizer.json"))
+    (src / "tokenizer_config.json").write_text(_json.dumps({"add_bos_token": False}))
+    out = tmp_path / "a"
+    assert main([str(src), "-t", "gguf-cpu", "--budget", "5.0", "-o", str(out), "--eval-windows", "0"]) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
+    narrow = {v for k, v in types.items() if k.endswith(("attn_q.weight", "ffn_up.weight", "token_embd.weight"))}
+    assert narrow <= {"Q4_0", "IQ4_NL", "Q8_0"}, narrow
+    assert (out / "model.gguf").stat().st_size * 8 / load_model(out).num_params <= 5.0
