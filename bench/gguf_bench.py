@@ -27,9 +27,9 @@ HEALED = Path(__file__).resolve().parents[1].parent / "shared/models/smollm2-135
 TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"]
 GGUF_PIPE = ("calibrate{{cache={cache}}},allocate{{budget={b},rate=gguf,choices=type={types}}},"
              "ggml{{match=linear|embed|lm_head,fallback={fallback}}},entropy")
-# v1 (first run): every type, llama.cpp's substitutes on rows that are not whole blocks;
-# v2 = the CLI's --budget default: no Q5_0/Q5_1 (slow on x86 llama.cpp), no substitutes.
-VARIANTS = {"cllm": ("Q2_K|Q3_K|IQ4_XS|IQ4_NL|Q4_K|Q5_0|Q5_K|Q6_K|Q8_0", "llama"), "cllm-v2": (None, "error")}
+# cllm = the CLI's --budget default (every type, llama.cpp's substitutes on rows that are not whole
+# blocks); cllm-v2 = the speed-first set: no Q5_0/Q5_1 (slow on x86 llama.cpp), no substitutes.
+VARIANTS = {"cllm": (None, "llama"), "cllm-v2": ("Q2_K|Q3_K|Q4_0|IQ4_NL|Q4_K|Q5_K|Q6_K|Q8_0", "error")}
 
 
 def sh(cmd: list[str], log: Path) -> None:

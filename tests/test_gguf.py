@@ -215,7 +215,10 @@ def test_budget_skips_types_that_do_not_fit_a_tensor(tmp_path):
     train_tokenizer().save(str(src / "tokenizer.json"))
     (src / "tokenizer_config.json").write_text(_json.dumps({"add_bos_token": False}))
     out = tmp_path / "a"
-    assert main([str(src), "-t", "gguf-cpu", "--budget", "5.0", "-o", str(out), "--eval-windows", "0"]) == 0
+    from cllm_compiler.cli.compile import GGUF_FAST_TYPES
+    pipe = (f"calibrate{{tokens=2048,seqlen=128}},allocate{{budget=5.0,rate=gguf,choices=type={GGUF_FAST_TYPES}}},"
+            "ggml{fallback=error},entropy")
+    assert main([str(src), "-t", "gguf-cpu", "-p", pipe, "-o", str(out), "--eval-windows", "0"]) == 0
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
     narrow = {v for k, v in types.items() if k.endswith(("attn_q.weight", "ffn_up.weight", "token_embd.weight"))}
     assert narrow <= {"Q4_0", "IQ4_NL", "Q8_0"}, narrow
