@@ -26,6 +26,9 @@ FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0", 
             "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL"}
 
 
+INSTALL_HINT = "pip install 'cllm[gguf]' (builds llama.cpp from source, ~5 CPU-minutes)"
+
+
 def qtype(name: str) -> int:
     import gguf
     try:
@@ -57,7 +60,7 @@ def _lib() -> ctypes.CDLL:
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         raise BackendError("llama-cpp-python is not installed: K-quant/i-quant encoding needs ggml",
-                           hint="pip install 'cllm[gguf]' (builds llama.cpp from source, ~5 CPU-minutes)")
+                           hint=INSTALL_HINT)
     path = Path(spec.origin).parent / "lib" / "libggml-base.so"
     try:
         lib = ctypes.CDLL(str(path))
@@ -69,6 +72,15 @@ def _lib() -> ctypes.CDLL:
     lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
     lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
     return lib
+
+
+def available() -> bool:
+    """Whether ggml's encoder can be loaded (llama-cpp-python installed)."""
+    try:
+        _lib()
+        return True
+    except BackendError:
+        return False
 
 
 def requires_imatrix(name: str) -> bool:
@@ -91,9 +103,3 @@ def quantize(w: np.ndarray, name: str, imatrix: np.ndarray | None = None) -> np.
         raise BackendError(f"ggml wrote {n} bytes for {name}, expected {dst.nbytes}")
     return dst
 
-
-def dequantize(blocks: np.ndarray, name: str, cols: int) -> np.ndarray:
-    """gguf-py's reference decoder (no llama.cpp needed to read an artifact)."""
-    import gguf.quants
-    out = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType(qtype(name)))
-    return np.ascontiguousarray(out, dtype=np.float32).reshape(blocks.shape[0], cols)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,15 +23,12 @@ GGUF_FILE = "model.gguf"
 
 def lower_artifact(model: Model, folder: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write folder/model.gguf from `model` (read back from the .cllm); return the lowering facts."""
-    import gguf
     path = folder / GGUF_FILE
     with atomic_path(path) as tmp:
-        notes = write_gguf(model, tmp, progress=progress)
+        written = write_gguf(model, tmp, progress=progress)
     size = path.stat().st_size
-    reader = gguf.GGUFReader(str(path))
-    types = Counter(t.tensor_type.name for t in reader.tensors)
     return {"backend": "gguf", "file": GGUF_FILE, "bytes": size, "bits_per_weight": size * 8 / model.num_params,
-            "tensor_types": dict(sorted(types.items())), "notes": notes,
+            "tensor_types": written.tensor_types, "notes": written.notes,
             "runtime": "llama.cpp via llama-cpp-python" if runnable() else
                        "llama-cpp-python not installed: the GGUF was written but not run here"}
 

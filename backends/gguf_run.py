@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError
+from .ggml_lib import INSTALL_HINT
 
 
 def _llama_cpp() -> Any:
@@ -21,7 +22,7 @@ def _llama_cpp() -> Any:
         import llama_cpp
     except ImportError:
         raise BackendError("llama-cpp-python is not installed: the GGUF cannot be run here",
-                           hint="pip install 'cllm[gguf]' (builds llama.cpp from source, ~5 CPU-minutes)") from None
+                           hint=INSTALL_HINT) from None
     return llama_cpp
 
 

@@ -66,19 +66,12 @@ def _encode(w: np.ndarray, gtype: str) -> np.ndarray:
     return ggml_lib.quantize(w, gtype)
 
 
-def _have_ggml() -> bool:
-    try:
-        ggml_lib._lib()
-        return True
-    except BackendError:
-        return False
-
-
 def requant(w: torch.Tensor, budget_bits: float) -> tuple[np.ndarray, str, float]:
     """The GGUF type (no larger than `budget_bits` per weight when one fits) with the least
     squared error on `w`; returns (blocks, type, mse)."""
     cols = w.shape[1]
-    types = [t for t in REQUANT_TYPES if ggml_lib.fits(t, cols) and (_have_ggml() or t in _NUMPY_TYPES)]
+    encodable = REQUANT_TYPES if ggml_lib.available() else _NUMPY_TYPES
+    types = [t for t in encodable if ggml_lib.fits(t, cols)]
     if not types:
         raise BackendError(f"no GGUF block type fits rows of {cols} weights", hint="use inexact=f16 or f32")
     bpw = {t: 8 * ggml_lib.row_bytes(t, cols) / cols for t in types}
@@ -86,7 +79,7 @@ def requant(w: torch.Tensor, budget_bits: float) -> tuple[np.ndarray, str, float
     x, best = w.numpy(), None
     for t in within:
         blocks = _encode(x, t)
-        mse = float(((ggml_lib.dequantize(blocks, t, cols) - x) ** 2).mean())
+        mse = float(((GGMLBlocks(t, blocks, x.shape).decode().numpy() - x) ** 2).mean())
         if best is None or mse < best[2]:
             best = (blocks, t, mse)
     return best  # type: ignore[return-value]

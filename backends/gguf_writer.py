@@ -13,6 +13,7 @@ before the first byte is written.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -134,10 +135,16 @@ def lower(model: Model, inexact: str = "requant",
             progress(node.name)
 
 
+@dataclass
+class Written:
+    notes: list[str]  # tokenizer approximations and inexact tensors, one line each
+    tensor_types: dict[str, int]  # GGUF type -> number of tensors written in it
+
+
 def write_gguf(model: Model, path: Path, inexact: str = "requant",
-               progress: Callable[[str], None] | None = None) -> list[str]:
-    """Write `model` to `path` (the caller makes it atomic); return notes on inexact tensors.
-    All tensors are lowered (and every check run) before the file is opened."""
+               progress: Callable[[str], None] | None = None) -> Written:
+    """Write `model` to `path` (the caller makes it atomic). All tensors are lowered (and every
+    check run) before the file is opened."""
     import gguf
     if inexact not in ("requant", "f32", "f16", "bf16"):
         raise BackendError(f"inexact={inexact!r}", hint="requant, f32, f16 or bf16")
@@ -158,7 +165,7 @@ def write_gguf(model: Model, path: Path, inexact: str = "requant",
         w.write_tensors_to_file()
     finally:
         w.close()
-    return notes
+    return Written(notes, dict(sorted(Counter(t.gtype for t in tensors).items())))
 
 
 def _file_type(tensors: list[Lowered]) -> int:

@@ -55,7 +55,7 @@ def imatrix_entries(cache: Path, model_path: Path) -> list[tuple[str, np.ndarray
     out: list[tuple[str, np.ndarray]] = []
     for node in load_model(model_path):
         if (node.role in LINEAR_ROLES or node.role == "lm_head") and cal.has(node.name):
-            e = (cal.input_energy(node.name) / cal.tokens).numpy().astype(np.float32)
+            e = cal.input_mean_sq(node.name).numpy().astype(np.float32)
             out.append((gguf_name(node.name), e))
     if not out:
         raise SystemExit("no imatrix entries: calibration names do not match the model")

@@ -79,6 +79,10 @@ class Calibration:
         column j's error in the layer's output error."""
         return self.H(name).diagonal().clamp_min(0)
 
+    def input_mean_sq(self, name: str) -> torch.Tensor:
+        """Per-channel mean x_j^2 over the calibration tokens: what llama.cpp's imatrix holds."""
+        return self.input_energy(name) / max(self.tokens, 1)
+
     def input_norm(self, name: str) -> torch.Tensor:
         """Per-channel input L2 norm over the calibration tokens (Wanda's ||x_j||)."""
         return self.input_energy(name).sqrt()

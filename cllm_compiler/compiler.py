@@ -216,9 +216,11 @@ def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int,
                    pairs=tuple(("compressed", k) for k in extra))
     out = {"reference": res["reference"].to_dict(), "compressed": res["compressed"].to_dict(),  # type: ignore[union-attr]
            "runner": "torch-cpu-fp32 (reference runner)"}
-    for k, runner in extra.items():
+    if extra:
         from .backends.gguf_backend import speed
-        out["backends"] = {k: {**res[k].to_dict(), "vs_torch_same_weights": res[f"{k}|compressed"],  # type: ignore[union-attr]
-                               "speed": speed(runner, ids)}}
+        out["backends"] = {}
+    for k, runner in extra.items():
+        out["backends"][k] = {**res[k].to_dict(), "vs_torch_same_weights": res[f"{k}|compressed"],  # type: ignore[union-attr]
+                              "speed": speed(runner, ids)}
         runner.close()
     return out

@@ -22,6 +22,7 @@ from ..errors import PassError
 from ..ir import Model, TensorNode
 from ..parallel import default_workers, fork_map
 from ..passes_base import Param, Pass, PassStats, register_pass
+from ..reprs import Representation
 
 Option = tuple[float, float]  # (bits in the file, distortion)
 
@@ -106,7 +107,7 @@ class AllocatePass(Pass):
         nodes = [n for n in model if self.matches(n)]
         if not nodes:
             raise PassError("allocate matches no tensor", hint="check match=/names=")
-        fixed_bits = 8 * self._fixed_nbytes(model) + sum(8 * self._nbytes(self._simulate(n, later, {}))
+        fixed_bits = 8 * self._fixed_nbytes(model) + sum(8 * self._nbytes(self._simulate(n, later, {})[0])
                                                          for n in model if not self.matches(n))
         scale = self._uncalibrated_scale(nodes)
 
@@ -135,19 +136,19 @@ class AllocatePass(Pass):
         stats.notes += [f"{n.name}: " + ",".join(f"{k}={v}" for k, v in plans[c].items()) for n, c in zip(nodes, choice)]
         return stats
 
-    def _simulate(self, node: TensorNode, later: list[Pass], plan: dict) -> TensorNode:
-        """`node` after the rest of the pipeline with `plan` applied (the model is untouched).
-        `self._lossy` keeps its representation before the first lossless pass: the same
-        weights, cheaper to decode than entropy-coded bytes."""
+    def _simulate(self, node: TensorNode, later: list[Pass], plan: dict) -> tuple[TensorNode, Representation]:
+        """`node` after the rest of the pipeline with `plan` applied (the model is untouched), and
+        its representation before the first lossless pass: the same weights, cheaper to decode
+        than entropy-coded bytes."""
         tmp = copy.copy(node)
-        self._lossy = None
+        lossy = None
         saved = self.ctx.plan.get(node.name)
         self.ctx.plan[node.name] = plan
         self.ctx.simulating = True
         try:
             for p in later:
-                if p.lossless and self._lossy is None:
-                    self._lossy = tmp.rep
+                if p.lossless and lossy is None:
+                    lossy = tmp.rep
                 if p.matches(tmp):
                     p.apply(tmp, PassStats("simulated"))
         finally:
@@ -156,16 +157,15 @@ class AllocatePass(Pass):
                 self.ctx.plan.pop(node.name, None)
             else:
                 self.ctx.plan[node.name] = saved
-        return tmp
+        return tmp, (lossy if lossy is not None else tmp.rep)
 
     def _candidate(self, node: TensorNode, later: list[Pass], plan: dict, scale: float,
                    energy: float) -> tuple[float, float]:
         try:
-            out = self._simulate(node, later, plan)
+            out, lossy = self._simulate(node, later, plan)
         except PassError:  # e.g. a block type that does not fit this tensor's rows: not a candidate
             return float("inf"), float("inf")
-        delta = (self._lossy if self._lossy is not None else out.rep).decode() - self.ctx.original(node)
-        self._lossy = None
+        delta = lossy.decode() - self.ctx.original(node)
         return 8.0 * self._nbytes(out), self._error(node, delta, scale) / max(energy, 1e-30)
 
     def _nbytes(self, node: TensorNode) -> int:

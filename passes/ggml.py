@@ -71,5 +71,4 @@ class GGMLPass(Pass):
         cal = self.ctx.calib
         if not a["imatrix"] or cal is None or not cal.has(node.name):
             return None
-        e = cal.input_energy(node.name).to(torch.float32) / max(cal.tokens, 1)
-        return e.numpy()
+        return cal.input_mean_sq(node.name).to(torch.float32).numpy()

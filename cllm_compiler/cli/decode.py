@@ -49,8 +49,8 @@ def _main(argv: list[str] | None) -> int:
             raise OutputError(f"{args.out} already exists", hint="use --force to replace it")
         from ..backends.gguf_writer import write_gguf
         with atomic_path(args.out) as tmp:
-            notes = write_gguf(model, tmp, inexact=args.inexact)
-        for n in notes:
+            written = write_gguf(model, tmp, inexact=args.inexact)
+        for n in written.notes:
             console.print(f"[yellow]note:[/] {n}", highlight=False, soft_wrap=True)
     console.print(f"[green]written:[/] {args.out}", highlight=False)
     return 0
