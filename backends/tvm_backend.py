@@ -1,0 +1,90 @@
+"""The `tvm` backend: lower a compiled artifact to a TVM package and validate it on this host.
+
+Package (folder `tvm/` in the artifact): `model.so` (Relax VM executable + kernels),
+`weights.safetensors` (compressed layout, see tvm_layout), `tvm.json` (parameter order, model
+config, target, toolchain versions). Jetson targets build a cross-compiled package instead
+(tvm_jetson.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path, write_bytes
+from ..ir import Model
+from .tvm_build import DEFAULT_MAX_LEN, compile_module, lower
+
+PACKAGE_DIR = "tvm"
+LIBRARY, WEIGHTS = "model.so", "weights.safetensors"
+
+
+def tvm_target(target: Any) -> dict[str, Any]:
+    t = target.extra.get("tvm_target")
+    if not t:
+        from ..errors import TargetError
+        raise TargetError(f"target '{target.name}' has no tvm_target", hint="add one to targets.toml")
+    return dict(t)
+
+
+def write_weights(path: Path, params: list[tuple[str, np.ndarray]]) -> None:
+    from safetensors.numpy import save_file
+    with atomic_path(path) as tmp:
+        save_file({n: np.ascontiguousarray(a) for n, a in params}, str(tmp))
+
+
+def package_manifest(model: Model, low: Any, target: Any, library: str, extra: dict[str, Any] | None = None) -> dict:
+    import tvm
+    return {"format": "cllm-tvm-package", "version": 1, "target": target.name, "tvm_target": tvm_target(target),
+            "library": library, "weights": WEIGHTS, "params": [n for n, _ in low.params],
+            "config": model.config.to_dict(), "max_len": low.max_len, "functions": ["prefill", "prefill_all", "decode"],
+            "kernels": sorted({lay.tag for lay in low.layouts.values()}),
+            "tvm_version": tvm.__version__, "built_on": platform.machine(), **(extra or {})}
+
+
+def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAULT_MAX_LEN,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build folder/tvm/ for `target`; return the lowering facts for the report."""
+    if tvm_target(target)["kind"] == "cuda":
+        from .tvm_jetson import build_package
+        return build_package(model, folder, target, max_len, progress)
+    pkg = folder / PACKAGE_DIR
+    pkg.mkdir(exist_ok=True)
+    low = lower(model, max_len, progress)
+    ex = compile_module(low, tvm_target(target), progress)
+    with atomic_path(pkg / LIBRARY) as tmp:
+        ex.export_library(str(tmp))
+    write_weights(pkg / WEIGHTS, low.params)
+    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY), indent=1).encode())
+    size = sum(f.stat().st_size for f in pkg.iterdir())
+    wbytes = (pkg / WEIGHTS).stat().st_size
+    return {"backend": "tvm", "folder": PACKAGE_DIR, "bytes": size, "weights_bytes": wbytes,
+            "weights_bits_per_weight": wbytes * 8 / model.num_params, "kernels": sorted({l.tag for l in low.layouts.values()}),
+            "notes": low.notes, "runtime": f"TVM Relax VM on this host ({platform.machine()})"}
+
+
+def tvm_models(folder: Path, seqlen: int) -> dict[str, Any]:
+    pkg = folder / PACKAGE_DIR
+    if not (pkg / "tvm.json").is_file() or json.loads((pkg / "tvm.json").read_text())["built_on"] != platform.machine():
+        return {}
+    if json.loads((pkg / "tvm.json").read_text())["tvm_target"]["kind"] != "llvm":
+        return {}
+    from .tvm_run import TvmModel
+    return {"tvm": TvmModel(pkg)}
+
+
+def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
+    """Median prefill/decode tokens/s of a TvmModel on this host (measured, not estimated)."""
+    import psutil
+    prompt = min(prompt, model.n_ctx - new_tokens)
+    runs = [model.speed(ids[:prompt].tolist(), new_tokens) for _ in range(repeats)]
+    med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+    return {**{k: round(v, 1) for k, v in med.items()}, "prompt_tokens": prompt, "new_tokens": new_tokens,
+            "repeats": repeats, "threads": int(os.environ.get("TVM_NUM_THREADS", "1")),
+            "process_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
+            "label": "measured: TVM on this host's CPU"}

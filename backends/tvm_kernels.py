@@ -1,0 +1,128 @@
+"""TIR kernels of the TVM backend, written as tensor expressions (schedules live in tvm_schedule.py).
+
+The matmul dequantises inside its reduction: each weight is decoded from its packed code at
+the moment it is multiplied, so a dense copy of a compressed weight never exists in memory.
+`m` (tokens) is symbolic, so one kernel serves decode (m = 1, a GEMV) and prefill (a GEMM);
+the schedule picks the GEMV or GEMM strategy per function.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import te, tirx
+
+from .tvm_layout import Layout
+
+F32 = "float32"
+
+
+def _inputs(lay: Layout, prefix: str) -> list[te.Tensor]:
+    return [te.placeholder(shape, dtype, name=f"{prefix}_{suffix}") for suffix, shape, dtype in lay.arrays()]
+
+
+def dequant(lay: Layout, arrs: list[te.Tensor], k: Any, n: Any) -> Any:
+    """Weight (k, n) as float32, decoded from the layout's arrays."""
+    a = {t.name.rsplit("_", 1)[1]: t for t in arrs}
+    if lay.kind == "dense":
+        return a["w"][k, n].astype(F32)
+    per, pb = lay.per, lay.pack_bits
+    byte = a["q"][k // per, n] if per > 1 else a["q"][k, n]
+    code = (byte >> ((k % per) * pb).astype("uint8")) & tirx.const((1 << pb) - 1, "uint8") if per > 1 else byte
+    g = k // lay.group if lay.group else 0
+    if lay.kind == "lut":
+        w = a["lut"][n if lay.nlut > 1 else 0, code.astype("int32")].astype(F32)
+        return w * a["s"][g, n].astype(F32) if lay.group else w
+    s = a["s"][g, n].astype(F32)
+    if lay.zero == "float":
+        return code.astype(F32) * s + a["m"][g, n].astype(F32)
+    zero = a["z"][g, n].astype(F32) if lay.zero == "int" else tirx.const(float(1 << (lay.bits - 1)), F32)
+    return (code.astype(F32) - zero) * s
+
+
+def matmul(lay: Layout, m: int | None = None) -> tirx.PrimFunc:
+    """C[m, N] = A[m, K] @ deq(W)[K, N]; m symbolic unless given."""
+    rows = m if m is not None else tirx.Var("m", "int64")
+    a = te.placeholder((rows, lay.k), F32, name="A")
+    arrs = _inputs(lay, "W")
+    w = te.compute((lay.k, lay.n), lambda k, n: dequant(lay, arrs, k, n), name="deq")
+    r = te.reduce_axis((0, lay.k), name="k")
+    c = te.compute((rows, lay.n), lambda i, j: te.sum(a[i, r] * w[r, j], axis=r), name="matmul")
+    func = te.create_prim_func([a, *arrs, c]).with_attr("cllm.kernel", f"matmul_{lay.tag}")
+    return func.with_attr("cllm.gemv", int(m == 1)).with_attr("cllm.n", lay.n).with_attr("cllm.k", lay.k)
+
+
+def embed(lay: Layout) -> tirx.PrimFunc:
+    """E[m, K] = deq(W)[:, ids] (the table is stored like a linear weight: [hidden, vocab])."""
+    rows = tirx.Var("m", "int64")
+    ids = te.placeholder((rows,), "int32", name="ids")
+    arrs = _inputs(lay, "W")
+    e = te.compute((rows, lay.k), lambda i, d: dequant(lay, arrs, d, ids[i]), name="embed")
+    return te.create_prim_func([ids, *arrs, e]).with_attr("cllm.kernel", "embed")
+
+
+def rope(heads: int, dim: int) -> tirx.PrimFunc:
+    """Hugging Face's rotate-half RoPE at positions pos .. pos + m - 1 (angles in float32 like HF)."""
+    rows, pos = tirx.Var("m", "int64"), tirx.Var("pos", "int64")
+    x = te.placeholder((rows, heads, dim), F32, name="x")
+    inv = te.placeholder((dim // 2,), F32, name="inv_freq")
+    half = dim // 2
+
+    def f(i: Any, h: Any, d: Any) -> Any:
+        ang = (pos + i).astype(F32) * inv[d % half]
+        rot = tirx.Select(d < half, -x[i, h, tirx.min(d + half, dim - 1)], x[i, h, tirx.max(d - half, 0)])
+        return x[i, h, d] * tirx.cos(ang) + rot * tirx.sin(ang)
+    out = te.compute((rows, heads, dim), f, name="rope")
+    return te.create_prim_func([x, inv, pos, out]).with_attr("cllm.kernel", "rope")
+
+
+def attention(layers: int, heads: int, kv_heads: int, dim: int, max_len: int) -> tirx.PrimFunc:
+    """Causal attention of m new queries at pos over the cache's first pos + m entries (GQA)."""
+    rows, pos, layer = tirx.Var("m", "int64"), tirx.Var("pos", "int64"), tirx.Var("layer", "int64")
+    q = te.placeholder((rows, heads, dim), F32, name="q")
+    cache = te.placeholder((layers, 2, max_len, kv_heads, dim), F32, name="cache")
+    total, grp, scale = pos + rows, heads // kv_heads, 1.0 / dim ** 0.5
+    d = te.reduce_axis((0, dim), name="d")
+    s = te.compute((heads, rows, total), lambda h, i, t: te.sum(
+        q[i, h, d] * cache[layer, 0, t, h // grp, d], axis=d),
+        name="scores")
+    masked = te.compute((heads, rows, total), lambda h, i, t: tirx.Select(
+        t <= pos + i, s[h, i, t] * scale, tirx.const(-3.0e38, F32)), name="masked")
+    t1 = te.reduce_axis((0, total), name="t1")
+    mx = te.compute((heads, rows), lambda h, i: te.max(masked[h, i, t1], axis=t1), name="rowmax")
+    e = te.compute((heads, rows, total), lambda h, i, t: tirx.exp(masked[h, i, t] - mx[h, i]), name="exp")
+    t2 = te.reduce_axis((0, total), name="t2")
+    den = te.compute((heads, rows), lambda h, i: te.sum(e[h, i, t2], axis=t2), name="rowsum")
+    t3 = te.reduce_axis((0, total), name="t3")
+    acc = te.compute((rows, heads, dim), lambda i, h, dd: te.sum(
+        e[h, i, t3] * cache[layer, 1, t3, h // grp, dd], axis=t3), name="attn_acc")
+    o = te.compute((rows, heads, dim), lambda i, h, dd: acc[i, h, dd] / den[h, i], name="attn")
+    return te.create_prim_func([q, cache, pos, layer, o]).with_attr("cllm.kernel", "attention")
+
+
+def last_row(width: int) -> tirx.PrimFunc:
+    rows = tirx.Var("m", "int64")
+    x = te.placeholder((rows, width), F32, name="x")
+    out = te.compute((1, width), lambda _, j: x[rows - 1, j], name="last")
+    return te.create_prim_func([x, out])
+
+
+def kv_append(layers: int, kv_heads: int, dim: int, max_len: int) -> tirx.PrimFunc:
+    """Write m new keys and values at positions pos.. of one layer, in place."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def append(var_cache: T.handle, var_k: T.handle, var_v: T.handle, pos: T.int64, layer: T.int64) -> None:
+        m = T.int64()
+        cache = T.match_buffer(var_cache, (layers, 2, max_len, kv_heads, dim), "float32")
+        k = T.match_buffer(var_k, (m, kv_heads, dim), "float32")
+        v = T.match_buffer(var_v, (m, kv_heads, dim), "float32")
+        for i, h, d in T.grid(m, kv_heads, dim):
+            with T.sblock("append"):
+                vi, vh, vd = T.axis.remap("SSS", [i, h, d])
+                cache[layer, 0, pos + vi, vh, vd] = k[vi, vh, vd]
+                cache[layer, 1, pos + vi, vh, vd] = v[vi, vh, vd]
+    return append
+
+
+__all__ = ["matmul", "embed", "rope", "attention", "last_row", "kv_append", "dequant", "tvm"]

@@ -1,0 +1,126 @@
+"""Weight layouts for the TVM backend: compressed tensors as the arrays the kernels read.
+
+A linear weight W [N out, K in] is stored *transposed*, codes packed along K and contiguous
+along N, so that a CPU kernel vectorises over output columns with plain contiguous loads and
+a broadcast activation (no gathers, no horizontal sums), and a GPU kernel coalesces over N:
+
+  q  uint8 [ceil(K / per), N]   `per` codes per byte (8 for 1-bit ... 1 for 5-8 bits)
+  s  f16   [ceil(K / G), N]     per-group scales (quant, and codebooks with scales)
+  z  f16   [ceil(K / G), N]     integer zero points (exact in f16), or
+  m  f16   [ceil(K / G), N]     llama.cpp-style mins (w = code * s + m)
+  lut f16  [nlut, 2^bits]       scalar codebook (one per tensor, or one per output row)
+  w  f32   [K, N]               dense weights
+
+Nothing is dequantised ahead of time: the arrays hold exactly the .cllm's codes and scales.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BackendError
+from ..reprs import Dense, Encoded, Quantized, Representation
+from ..reprs_codebook import Codebook
+
+FORMATS = ("dense", "quant", "lut")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Static facts a kernel is generated from (one kernel per distinct layout and shape)."""
+
+    kind: str            # dense | quant | lut
+    k: int               # input features
+    n: int               # output features
+    bits: int = 32       # code bits (quant/lut)
+    group: int = 0       # scale group along K (0: no scales)
+    zero: str = "none"   # quant: sym | int | float
+    nlut: int = 0        # lut: 1 or n
+
+    @property
+    def pack_bits(self) -> int:
+        """Bits a code occupies in its byte: 1, 2, 4 or 8 (3-bit codes take 4: one shift, no straddling)."""
+        return next(p for p in (1, 2, 4, 8) if p >= self.bits)
+
+    @property
+    def per(self) -> int:
+        return 8 // self.pack_bits
+
+    @property
+    def ngroups(self) -> int:
+        return -(-self.k // self.group) if self.group else 0
+
+    @property
+    def tag(self) -> str:
+        """A short name for kernels: q4g128z, lut4g64, dense..."""
+        if self.kind == "dense":
+            return "dense"
+        z = {"sym": "s", "int": "z", "float": "m"}.get(self.zero, "")
+        rows = "r" if self.nlut > 1 else ""
+        return f"{'q' if self.kind == 'quant' else 'lut'}{self.bits}g{self.group}{z}{rows}"
+
+    def arrays(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(suffix, shape, dtype) of each array, in kernel argument order."""
+        if self.kind == "dense":
+            return [("w", (self.k, self.n), "float32")]
+        out = [("q", (-(-self.k // self.per), self.n), "uint8")]
+        if self.kind == "lut":
+            out.append(("lut", (self.nlut, 1 << self.bits), "float16"))
+        if self.group:
+            out.append(("s", (self.ngroups, self.n), "float16"))
+        if self.zero == "int":
+            out.append(("z", (self.ngroups, self.n), "float16"))
+        elif self.zero == "float":
+            out.append(("m", (self.ngroups, self.n), "float16"))
+        return out
+
+
+def pack_codes(codes: np.ndarray, layout: Layout) -> np.ndarray:
+    """codes [N, K] (uint) -> uint8 [ceil(K / per), N], code k of column n in bits (k % per) * pack_bits."""
+    per, pb = layout.per, layout.pack_bits
+    n, k = codes.shape
+    kp = -(-k // per)
+    t = np.zeros((kp * per, n), np.uint8)
+    t[:k] = codes.T.astype(np.uint8)
+    t = t.reshape(kp, per, n)
+    out = np.zeros((kp, n), np.uint8)
+    for i in range(per):
+        out |= (t[:, i] << (i * pb)).astype(np.uint8)
+    return out
+
+
+def _f16t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.astype(np.float16).T)
+
+
+def lower_weight(rep: Representation, shape: tuple[int, ...], name: str) -> tuple[Layout, dict[str, np.ndarray]]:
+    """The arrays one 2-D weight becomes; BackendError for a representation no kernel reads."""
+    if isinstance(rep, Encoded):
+        rep = rep.inner()  # entropy coding is for the disk; kernels read the decoded codes
+    n, k = shape
+    if isinstance(rep, Dense):
+        return Layout("dense", k, n), {"w": np.ascontiguousarray(rep.decode().numpy().T)}
+    if isinstance(rep, Quantized):
+        zero = "float" if rep.mins is not None else "sym" if rep.zeros is None else "int"
+        lay = Layout("quant", k, n, rep.bits, rep.group, zero)
+        out = {"q": pack_codes(rep.codes, lay), "s": _f16t(rep.scales)}
+        if zero == "int":
+            out["z"] = _f16t(rep.zeros)  # type: ignore[union-attr]
+        elif zero == "float":
+            out["m"] = _f16t(rep.mins)  # type: ignore[union-attr]
+        return lay, out
+    if isinstance(rep, Codebook) and rep.d == 1 and rep.stages == 1:
+        lay = Layout("lut", k, n, rep.kbits, rep.group if rep.scales is not None else 0, nlut=rep.nlut)
+        out = {"q": pack_codes(rep.codes[0], lay), "lut": np.ascontiguousarray(rep.luts[0, :, :, 0])}
+        if rep.scales is not None:
+            out["s"] = _f16t(rep.scales)
+        return lay, out
+    raise BackendError(f"the TVM backend has no kernel for '{rep.describe()}' weights", tensor=name,
+                       hint=f"TVM kernels read: {supported_text()}; recompile with one of those "
+                            "(e.g. quant{bits=4,group=128} or codebook{bits=4})")
+
+
+def supported_text() -> str:
+    return ("dense f32/f16/bf16, quant int1-8 any group (sym, int zero or float min), "
+            "scalar codebook (one stage, per-tensor or per-row LUT, optional group scales)")

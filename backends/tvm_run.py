@@ -1,0 +1,109 @@
+"""Run a TVM package (library + weights + tvm.json) on this host, or on a remote device over TVM RPC.
+
+`TvmModel` is callable like a Hugging Face model (x [1, T] -> .logits) so the shared evaluator
+scores it on the same windows as torch and llama.cpp; it also generates and times itself.
+Prefill runs in chunks of `chunk` tokens (the attention scores of a chunk are chunk x context).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendError
+
+PACKAGE_MANIFEST = "tvm.json"
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / PACKAGE_MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BackendError(f"{folder} holds no TVM package ({PACKAGE_MANIFEST} missing)",
+                           hint="compile with --target x86-avx512 (or a jetson target)") from None
+    except json.JSONDecodeError as e:
+        raise BackendError(f"{path} is not valid JSON: {e}", hint="the package is damaged; recompile it") from None
+
+
+def load_weights(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
+    from safetensors.numpy import load_file
+    arrays = load_file(str(folder / manifest["weights"]))
+    missing = [n for n in manifest["params"] if n not in arrays]
+    if missing:
+        raise BackendError(f"weights file lacks {missing[:3]}", hint="the package is damaged; recompile it")
+    return [arrays[n] for n in manifest["params"]]
+
+
+class TvmModel:
+    """A compiled package on a device: `session` is None for this host, else a TVM RPC session."""
+
+    def __init__(self, folder: Path, session: Any = None, chunk: int = 512, threads: int | None = None) -> None:
+        import tvm
+        from tvm import relax
+        os.environ.setdefault("TVM_NUM_THREADS", str(threads or int(os.environ.get("CLLM_THREADS", "1"))))
+        self.folder, self.manifest = Path(folder), read_manifest(Path(folder))
+        lib_path = self.folder / self.manifest["library"]
+        if session is None:
+            self.dev = tvm.cpu()
+            lib = tvm.runtime.load_module(str(lib_path))
+        else:
+            session.upload(str(lib_path))
+            lib = session.load_module(lib_path.name)
+            self.dev = session.cpu()
+        self.vm = relax.VirtualMachine(lib, self.dev)
+        self.params = [tvm.runtime.tensor(a, self.dev) for a in load_weights(self.folder, self.manifest)]
+        c = self.manifest["config"]
+        self.max_len, self.chunk, self.vocab = int(self.manifest["max_len"]), chunk, int(c["vocab_size"])
+        self.cache = tvm.runtime.empty((c["num_layers"], 2, self.max_len, c["num_kv_heads"], c["head_dim"]),
+                                       "float32", self.dev)
+        self.n_ctx = self.max_len
+        self._tvm = tvm
+
+    def _run(self, fn: str, ids: list[int], pos: int) -> np.ndarray:
+        if pos + len(ids) > self.max_len:
+            raise BackendError(f"{pos + len(ids)} tokens exceed the package's context of {self.max_len}",
+                               hint="recompile with a larger --max-len")
+        tvm = self._tvm
+        x = tvm.runtime.tensor(np.asarray(ids, np.int32), self.dev)
+        return self.vm[fn](x, tvm.runtime.ShapeTuple([pos]), self.cache, *self.params).numpy()
+
+    def logits(self, ids: list[int], last_only: bool = False) -> np.ndarray:
+        """Logits for `ids` from position 0 (the cache is overwritten)."""
+        outs = []
+        for start in range(0, len(ids), self.chunk):
+            part = ids[start:start + self.chunk]
+            last = last_only and start + self.chunk >= len(ids)
+            outs.append(self._run("prefill" if last or last_only else "prefill_all", part, start))
+        return np.concatenate(outs) if not last_only else outs[-1]
+
+    def __call__(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.from_numpy(self.logits(x[0].tolist()))[None])
+
+    def generate_ids(self, prompt: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
+        tok = int(np.argmax(self.logits(prompt, last_only=True)[-1]))
+        out, pos = [tok], len(prompt)
+        while len(out) < new_tokens and tok != eos and pos < self.max_len:
+            tok = int(np.argmax(self._run("decode", [tok], pos)[-1]))
+            out.append(tok)
+            pos += 1
+        return out
+
+    def speed(self, prompt: list[int], new_tokens: int = 64) -> dict[str, float]:
+        """Prefill tokens/s over `prompt`, then greedy decode tokens/s for `new_tokens`."""
+        t0 = time.perf_counter()
+        tok = int(np.argmax(self.logits(prompt, last_only=True)[-1]))
+        t1 = time.perf_counter()
+        for i in range(new_tokens):
+            tok = int(np.argmax(self._run("decode", [tok], len(prompt) + i)[-1]))
+        t2 = time.perf_counter()
+        return {"prefill_tok_s": len(prompt) / (t1 - t0), "decode_tok_s": new_tokens / (t2 - t1)}
+
+    def close(self) -> None:
+        self.params, self.cache, self.vm = [], None, None
