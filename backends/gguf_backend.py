@@ -45,6 +45,9 @@ def gguf_models(folder: Path, seqlen: int) -> dict[str, Any]:
     return {"llama.cpp": LlamaCppModel(folder / GGUF_FILE, n_ctx=seqlen)}
 
 
+models = gguf_models
+
+
 def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Median prefill/decode tokens/s of a LlamaCppModel on this host (measured, not estimated)."""
     import psutil

@@ -43,7 +43,7 @@ def package_manifest(model: Model, low: Any, target: Any, library: str, extra: d
     return {"format": "cllm-tvm-package", "version": 1, "target": target.name, "tvm_target": tvm_target(target),
             "library": library, "weights": WEIGHTS, "params": [n for n, _ in low.params],
             "config": model.config.to_dict(), "max_len": low.max_len, "functions": ["prefill", "prefill_all", "decode"],
-            "kernels": sorted({lay.tag for lay in low.layouts.values()}),
+            "kernels": kernel_counts(low),
             "tvm_version": tvm.__version__, "built_on": platform.machine(), **(extra or {})}
 
 
@@ -63,16 +63,26 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
     write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY), indent=1).encode())
     size = sum(f.stat().st_size for f in pkg.iterdir())
     wbytes = (pkg / WEIGHTS).stat().st_size
-    return {"backend": "tvm", "folder": PACKAGE_DIR, "bytes": size, "weights_bytes": wbytes,
-            "weights_bits_per_weight": wbytes * 8 / model.num_params, "kernels": sorted({l.tag for l in low.layouts.values()}),
-            "notes": low.notes, "runtime": f"TVM Relax VM on this host ({platform.machine()})"}
+    return {"backend": "tvm", "file": PACKAGE_DIR + "/", "bytes": size, "bits_per_weight": size * 8 / model.num_params,
+            "weights_bytes": wbytes, "tensor_types": kernel_counts(low), "notes": low.notes,
+            "runtime": f"TVM Relax VM on this host ({platform.machine()}), target {tvm_target(target)}"}
 
 
-def tvm_models(folder: Path, seqlen: int) -> dict[str, Any]:
+def kernel_counts(low: Any) -> dict[str, int]:
+    """How many weights each kernel layout serves (q4g128z: int4, group 128, integer zero point)."""
+    out: dict[str, int] = {}
+    for lay in low.layouts.values():
+        out[lay.tag] = out.get(lay.tag, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def models(folder: Path, seqlen: int) -> dict[str, Any]:
+    """The package as an evaluator model when it runs on this host (a CPU build for this machine)."""
     pkg = folder / PACKAGE_DIR
-    if not (pkg / "tvm.json").is_file() or json.loads((pkg / "tvm.json").read_text())["built_on"] != platform.machine():
+    if not (pkg / "tvm.json").is_file():
         return {}
-    if json.loads((pkg / "tvm.json").read_text())["tvm_target"]["kind"] != "llvm":
+    man = json.loads((pkg / "tvm.json").read_text())
+    if man["tvm_target"]["kind"] != "llvm" or man["built_on"] != platform.machine():
         return {}
     from .tvm_run import TvmModel
     return {"tvm": TvmModel(pkg)}

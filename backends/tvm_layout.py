@@ -1,15 +1,17 @@
 """Weight layouts for the TVM backend: compressed tensors as the arrays the kernels read.
 
-A linear weight W [N out, K in] is stored *transposed*, codes packed along K and contiguous
-along N, so that a CPU kernel vectorises over output columns with plain contiguous loads and
-a broadcast activation (no gathers, no horizontal sums), and a GPU kernel coalesces over N:
+A linear weight W [N out, K in] is stored *transposed* and cut into tiles of T output columns
+(T = 64 when N allows), codes packed along K: a CPU kernel vectorises over the T columns of a
+tile with contiguous loads and a broadcast activation (no gathers, no horizontal sums), and
+streams each tile as one contiguous run of memory (prefetch-friendly); a GPU kernel coalesces
+over T:
 
-  q  uint8 [ceil(K / per), N]   `per` codes per byte (8 for 1-bit ... 1 for 5-8 bits)
-  s  f16   [ceil(K / G), N]     per-group scales (quant, and codebooks with scales)
-  z  f16   [ceil(K / G), N]     integer zero points (exact in f16), or
-  m  f16   [ceil(K / G), N]     llama.cpp-style mins (w = code * s + m)
-  lut f16  [nlut, 2^bits]       scalar codebook (one per tensor, or one per output row)
-  w  f32   [K, N]               dense weights
+  q  uint8 [N / T, ceil(K / per), T]   `per` codes per byte (8 for 1-bit ... 1 for 5-8 bits)
+  s  f16   [N / T, ceil(K / G), T]     per-group scales (quant, and codebooks with scales)
+  z  f16   [N / T, ceil(K / G), T]     integer zero points (exact in f16), or
+  m  f16   [N / T, ceil(K / G), T]     llama.cpp-style mins (w = code * s + m)
+  lut f16  [nlut, 2^bits]              scalar codebook (one per tensor, or one per output row)
+  w  f32   [N / T, K, T]               dense weights
 
 Nothing is dequantised ahead of time: the arrays hold exactly the .cllm's codes and scales.
 """
@@ -37,6 +39,7 @@ class Layout:
     group: int = 0       # scale group along K (0: no scales)
     zero: str = "none"   # quant: sym | int | float
     nlut: int = 0        # lut: 1 or n
+    tile: int = 1        # output columns per contiguous tile
 
     @property
     def pack_bits(self) -> int:
@@ -62,22 +65,33 @@ class Layout:
 
     def arrays(self) -> list[tuple[str, tuple[int, ...], str]]:
         """(suffix, shape, dtype) of each array, in kernel argument order."""
+        nt, t = self.n // self.tile, self.tile
         if self.kind == "dense":
-            return [("w", (self.k, self.n), "float32")]
-        out = [("q", (-(-self.k // self.per), self.n), "uint8")]
+            return [("w", (nt, self.k, t), "float32")]
+        out = [("q", (nt, -(-self.k // self.per), t), "uint8")]
         if self.kind == "lut":
             out.append(("lut", (self.nlut, 1 << self.bits), "float16"))
         if self.group:
-            out.append(("s", (self.ngroups, self.n), "float16"))
+            out.append(("s", (nt, self.ngroups, t), "float16"))
         if self.zero == "int":
-            out.append(("z", (self.ngroups, self.n), "float16"))
+            out.append(("z", (nt, self.ngroups, t), "float16"))
         elif self.zero == "float":
-            out.append(("m", (self.ngroups, self.n), "float16"))
+            out.append(("m", (nt, self.ngroups, t), "float16"))
         return out
 
 
+def tile_for(n: int) -> int:
+    return next(t for t in (64, 16, 1) if n % t == 0)
+
+
+def tiled(a: np.ndarray, tile: int) -> np.ndarray:
+    """[rows, N] -> [N / tile, rows, tile]: each tile of output columns contiguous."""
+    rows, n = a.shape
+    return np.ascontiguousarray(a.reshape(rows, n // tile, tile).transpose(1, 0, 2))
+
+
 def pack_codes(codes: np.ndarray, layout: Layout) -> np.ndarray:
-    """codes [N, K] (uint) -> uint8 [ceil(K / per), N], code k of column n in bits (k % per) * pack_bits."""
+    """codes [N, K] (uint) -> uint8 [N / T, ceil(K / per), T], code k of column n in bits (k % per) * pack_bits."""
     per, pb = layout.per, layout.pack_bits
     n, k = codes.shape
     kp = -(-k // per)
@@ -87,11 +101,11 @@ def pack_codes(codes: np.ndarray, layout: Layout) -> np.ndarray:
     out = np.zeros((kp, n), np.uint8)
     for i in range(per):
         out |= (t[:, i] << (i * pb)).astype(np.uint8)
-    return out
+    return tiled(out, layout.tile)
 
 
-def _f16t(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a.astype(np.float16).T)
+def _f16t(a: np.ndarray, tile: int) -> np.ndarray:
+    return tiled(a.astype(np.float16).T, tile)
 
 
 def lower_weight(rep: Representation, shape: tuple[int, ...], name: str) -> tuple[Layout, dict[str, np.ndarray]]:
@@ -99,22 +113,23 @@ def lower_weight(rep: Representation, shape: tuple[int, ...], name: str) -> tupl
     if isinstance(rep, Encoded):
         rep = rep.inner()  # entropy coding is for the disk; kernels read the decoded codes
     n, k = shape
+    tile = tile_for(n)
     if isinstance(rep, Dense):
-        return Layout("dense", k, n), {"w": np.ascontiguousarray(rep.decode().numpy().T)}
+        return Layout("dense", k, n, tile=tile), {"w": tiled(rep.decode().numpy().T, tile)}
     if isinstance(rep, Quantized):
         zero = "float" if rep.mins is not None else "sym" if rep.zeros is None else "int"
-        lay = Layout("quant", k, n, rep.bits, rep.group, zero)
-        out = {"q": pack_codes(rep.codes, lay), "s": _f16t(rep.scales)}
+        lay = Layout("quant", k, n, rep.bits, rep.group, zero, tile=tile)
+        out = {"q": pack_codes(rep.codes, lay), "s": _f16t(rep.scales, tile)}
         if zero == "int":
-            out["z"] = _f16t(rep.zeros)  # type: ignore[union-attr]
+            out["z"] = _f16t(rep.zeros, tile)  # type: ignore[union-attr]
         elif zero == "float":
-            out["m"] = _f16t(rep.mins)  # type: ignore[union-attr]
+            out["m"] = _f16t(rep.mins, tile)  # type: ignore[union-attr]
         return lay, out
     if isinstance(rep, Codebook) and rep.d == 1 and rep.stages == 1:
-        lay = Layout("lut", k, n, rep.kbits, rep.group if rep.scales is not None else 0, nlut=rep.nlut)
+        lay = Layout("lut", k, n, rep.kbits, rep.group if rep.scales is not None else 0, nlut=rep.nlut, tile=tile)
         out = {"q": pack_codes(rep.codes[0], lay), "lut": np.ascontiguousarray(rep.luts[0, :, :, 0])}
         if rep.scales is not None:
-            out["s"] = _f16t(rep.scales)
+            out["s"] = _f16t(rep.scales, tile)
         return lay, out
     raise BackendError(f"the TVM backend has no kernel for '{rep.describe()}' weights", tensor=name,
                        hint=f"TVM kernels read: {supported_text()}; recompile with one of those "

@@ -1,7 +1,7 @@
 """The Llama family in Relax (`tvm.relax.frontend.nn`), with weights in their compressed layout.
 
 Exported functions (all take the token ids, the position of the first one and the KV cache,
-a contiguous [layers, 2, max_len, kv_heads, head_dim] float32 tensor written in place):
+a contiguous float32 tensor written in place, see tvm_kernels.cache_shape):
 
   prefill(ids[m], pos, cache)      -> logits of the last token [1, vocab]
   prefill_all(ids[m], pos, cache)  -> logits of every token [m, vocab] (evaluation)
@@ -133,7 +133,7 @@ class LlamaTVM(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         c = self.cfg
-        cache = nn.spec.Tensor([c.num_layers, 2, self.max_len, c.num_kv_heads, c.head_dim], F32)
+        cache = nn.spec.Tensor(list(K.cache_shape(c.num_layers, c.num_kv_heads, c.head_dim, self.max_len)), F32)
         fn = lambda m: {"ids": nn.spec.Tensor([m], "int32"), "pos": nn.spec.Int(), "cache": cache}  # noqa: E731
         return {"prefill": fn("m"), "prefill_all": fn("m"), "decode": fn(1)}
 

@@ -61,8 +61,9 @@ class TvmModel:
         self.params = [tvm.runtime.tensor(a, self.dev) for a in load_weights(self.folder, self.manifest)]
         c = self.manifest["config"]
         self.max_len, self.chunk, self.vocab = int(self.manifest["max_len"]), chunk, int(c["vocab_size"])
-        self.cache = tvm.runtime.empty((c["num_layers"], 2, self.max_len, c["num_kv_heads"], c["head_dim"]),
-                                       "float32", self.dev)
+        from .tvm_kernels import cache_shape
+        shape = cache_shape(c["num_layers"], c["num_kv_heads"], c["head_dim"], self.max_len)
+        self.cache = tvm.runtime.tensor(np.zeros(shape, np.float32), self.dev)  # zeroed: see attention()
         self.n_ctx = self.max_len
         self._tvm = tvm
 

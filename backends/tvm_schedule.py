@@ -47,12 +47,13 @@ def _replace(mod: Any, gv: Any, sch: s_tir.Schedule) -> Any:
 
 def _matmul_cpu(func: Any) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
+    nt = int(func.attrs["cllm.tile"])
+    if _has_block(sch, "partial"):
+        return _gemv_grouped_cpu(sch, nt)
     block, deq = sch.get_sblock("matmul"), sch.get_sblock("deq")
     m, n, k = sch.get_loops(block)
-    n_extent = int(func.attrs["cllm.n"])
-    nt = N_TILE if n_extent % N_TILE == 0 else 16 if n_extent % 16 == 0 else 1
     no, ni = sch.split(n, [None, nt])
-    if int(func.attrs["cllm.gemv"]):  # GEMV: decode straight into the FMA
+    if int(func.attrs["cllm.gemv"]):  # dense GEMV: decode straight into the FMA
         sch.compute_inline(deq)
         sch.reorder(no, m, k, ni)
         sch.parallel(no)
@@ -61,14 +62,55 @@ def _matmul_cpu(func: Any) -> s_tir.Schedule:
         return sch
     ko, ki = sch.split(k, [None, K_TILE])
     sch.reorder(no, ko, m, ki, ni)
-    sch.compute_at(deq, ko)
+    sch.compute_at(deq, ko)   # decode a K_TILE x nt tile once, reuse it for every row
     sch.parallel(no)
     sch.vectorize(ni)
-    dl = sch.get_loops(deq)
-    sch.vectorize(dl[-1])
+    sch.vectorize(sch.get_loops(deq)[-1])
     sch.decompose_reduction(block, ko)
     return sch
 
 
-def _attention_cpu(func: Any) -> s_tir.Schedule | None:
-    return None
+def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return False
+
+
+def _gemv_grouped_cpu(sch: s_tir.Schedule, nt: int) -> s_tir.Schedule:
+    """Per output tile: for each block j, P (nt lanes, registers) += a[k] * code[k, :]; then C += s * (...)."""
+    c, p = sch.get_sblock("matmul"), sch.get_sblock("partial")
+    m, n, j = sch.get_loops(c)
+    no, ni = sch.split(n, [None, nt])
+    sch.reorder(no, m, j, ni)
+    sch.compute_at(p, j)
+    loops = sch.get_loops(p)
+    sch.reorder(loops[-1], loops[-2])   # kin outside, n lanes inside
+    sch.vectorize(sch.get_loops(p)[-1])
+    sch.parallel(no)
+    sch.vectorize(ni)
+    sch.decompose_reduction(p, sch.get_loops(p)[-2])
+    sch.decompose_reduction(c, j)
+    return sch
+
+
+def _attention_cpu(func: Any) -> s_tir.Schedule:
+    sch = s_tir.Schedule(func)
+    scores = sch.get_sblock("scores")
+    h, i, t, d = sch.get_loops(scores)
+    to, ti = sch.split(t, [None, 16])
+    sch.reorder(h, i, to, d, ti)
+    sch.vectorize(ti)
+    sch.decompose_reduction(scores, d)
+    sch.compute_inline(sch.get_sblock("masked"))
+    sch.compute_inline(sch.get_sblock("shifted"))
+    e = sch.get_sblock("T_fast_exp")
+    eo, ei = sch.split(sch.get_loops(e)[-1], [None, 16])
+    sch.vectorize(ei)
+    acc = sch.get_sblock("attn_acc")
+    i, h, dd, t = sch.get_loops(acc)
+    sch.reorder(i, h, t, dd)
+    sch.vectorize(dd)
+    sch.decompose_reduction(acc, t)
+    return sch

@@ -140,9 +140,13 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
                   instruments: list[Instrument] | None = None,
                   on_step: Callable[[str], None] = lambda s: None,
                   write_progress: Callable[[str], None] | None = None,
-                  eval_progress: Callable[[int, int], None] | None = None) -> CompileResult:
-    """Compile `model_path` for `target`; the artifact folder appears only when complete."""
+                  eval_progress: Callable[[int, int], None] | None = None, lower: bool = True) -> CompileResult:
+    """Compile `model_path` for `target`; the artifact folder appears only when complete.
+    `lower=False` stops at the portable .cllm (no backend build)."""
     t0 = time.perf_counter()
+    lowers = lower and target.backend in LOWERED
+    if lowers and target.backend == "tvm":
+        target.check_formats(passes)  # refuse before any work
     configure_malloc()
     pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
     if dump_ir:
@@ -172,14 +176,18 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "streamed": manager.streamable,
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
-        if target.backend == "gguf":
+        if lowers and target.backend == "gguf":
             from .backends.gguf_backend import lower_artifact
             on_step("lowering to GGUF (model.gguf)")
             report["lowering"] = lower_artifact(read_container(tmp / "model.cllm"), tmp)
+        elif lowers and target.backend == "tvm":
+            from .backends.tvm_backend import lower_artifact as lower_tvm
+            on_step(f"lowering to TVM ({target.extra['tvm_target']['kind']}) in tvm/")
+            report["lowering"] = lower_tvm(read_container(tmp / "model.cllm"), tmp, target)
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
             report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
-                                               eval_progress, backend_dir=tmp if target.backend == "gguf" else None)
+                                               eval_progress, backend=target.backend if lowers else None)
         manifest = {"format": "cllm-artifact", "version": 1, "source": model.source,
                     "pipeline": pipeline_text(passes), "target": target.name, "tools": tool_versions(),
                     "model_cllm_sha256": file_sha256(tmp / "model.cllm")}
@@ -188,16 +196,24 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     return CompileResult(out, report, stats)
 
 
+LOWERED = ("gguf", "tvm")
+
+
+def _backend_module(backend: str) -> Any:
+    import importlib
+    return importlib.import_module(f"{__package__}.backends.{backend}_backend")
+
+
 def _lowering_note(target: Target) -> str:
-    return (f"backend '{target.backend}' lowering is not built yet: the artifact is the portable .cllm, "
-            "validated with the PyTorch reference runner on this CPU")
+    return (f"backend '{target.backend}' lowering not run (not built yet, or --no-lower): the artifact is the "
+            "portable .cllm, validated with the PyTorch reference runner on this CPU")
 
 
 def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int, seqlen: int,
                       progress: Callable[[int, int], None] | None,
-                      backend_dir: Path | None = None) -> dict[str, Any]:
-    """PPL before/after and KLD, running the artifact *as read back from disk*; with
-    `backend_dir`, also the lowered GGUF in llama.cpp on the same windows."""
+                      backend: str | None = None) -> dict[str, Any]:
+    """PPL before/after and KLD, running the artifact *as read back from disk*; with `backend`,
+    also the lowered model in that backend's runtime (llama.cpp, TVM) on the same windows."""
     from .backends.torch_ref import build_torch_model
     from .evaluate import evaluate, tokenize, wikitext_text
     compressed = read_container(cllm)
@@ -208,19 +224,17 @@ def evaluate_artifact(cllm: Path, model: Model, source_reps: dict, windows: int,
     ref, net = build_torch_model(ref_model), build_torch_model(compressed)
     n = min(windows, ids.numel() // seqlen)
     extra: dict[str, Any] = {}
-    if backend_dir is not None:
-        from .backends.gguf_backend import gguf_models
-        extra = gguf_models(backend_dir, seqlen)
+    if backend is not None:
+        extra = _backend_module(backend).models(cllm.parent, seqlen)
     res = evaluate({"reference": ref, "compressed": net, **extra}, ids, reference=ref, seqlen=seqlen, max_windows=n,
                    progress=(lambda w: progress(w + 1, n)) if progress else None,
                    pairs=tuple(("compressed", k) for k in extra))
     out = {"reference": res["reference"].to_dict(), "compressed": res["compressed"].to_dict(),  # type: ignore[union-attr]
            "runner": "torch-cpu-fp32 (reference runner)"}
     if extra:
-        from .backends.gguf_backend import speed
         out["backends"] = {}
     for k, runner in extra.items():
         out["backends"][k] = {**res[k].to_dict(), "vs_torch_same_weights": res[f"{k}|compressed"],  # type: ignore[union-attr]
-                              "speed": speed(runner, ids)}
+                              "speed": _backend_module(backend).speed(runner, ids)}  # type: ignore[arg-type]
         runner.close()
     return out

@@ -122,6 +122,7 @@ class Pass:
     # whole model before the transforms, which may then stream tensor by tensor.
     analysis: ClassVar[bool] = False
     lossless: ClassVar[bool] = False  # changes how a tensor is stored, never what it decodes to
+    yields: ClassVar[str | None] = None  # storage format it leaves tensors in (targets list what they run)
 
     def __init__(self, **kwargs: Any) -> None:
         declared = {p.name: p for p in self.all_params()}

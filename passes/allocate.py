@@ -73,6 +73,7 @@ def solve(options: list[list[Option]], budget_bits: float) -> list[int]:
 
 @register_pass
 class AllocatePass(Pass):
+    yields = "quant"
     name = "allocate"
     help = "choose per-tensor bits (or rank, ...) to meet a file bits/weight budget at least output error"
     params = (

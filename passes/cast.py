@@ -8,6 +8,7 @@ from ..reprs import Dense
 
 @register_pass
 class CastPass(Pass):
+    yields = "dense"
     name = "cast"
     help = "change the storage dtype of dense tensors"
     params = (Param("dtype", str, "f16", "storage dtype", choices=("f16", "bf16", "f32")),)

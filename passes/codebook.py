@@ -132,6 +132,7 @@ class CodebookGrid:
 
 @register_pass
 class CodebookPass(Pass):
+    yields = "codebook"
     name = "codebook"
     help = "learned codebooks: per-row scalar LUTs (SqueezeLLM) or per-tensor scalar/vector codebooks (VQ)"
     params = (

@@ -19,6 +19,7 @@ CHOICES = {"auto": ("rans", "nm-mask", "zstd"), "rans": ("rans",), "zstd": ("zst
 
 @register_pass
 class EntropyPass(Pass):
+    yields = "encoded"
     name = "entropy"
     help = "entropy-code tensor payloads (auto = smallest of rans / zstd / raw per buffer)"
     params = (Param("codec", str, "auto", "codec to use", choices=tuple(CHOICES)),)

@@ -21,6 +21,7 @@ from ..reprs_ggml import GGMLBlocks
 
 @register_pass
 class GGMLPass(Pass):
+    yields = "ggml"
     name = "ggml"
     help = "llama.cpp block quantization (Q2_K..Q6_K, IQ2..IQ4, Q4_0..Q8_0) by ggml, calibration-weighted"
     params = (

@@ -142,6 +142,7 @@ def gptq(w: torch.Tensor, H: torch.Tensor, grid: Grid, damp: float = 0.01, block
 
 @register_pass
 class GPTQPass(Pass):
+    yields = "quant"
     name = "gptq"
     help = "GPTQ: Hessian-based rounding with error feedback onto int (or the tensor's codebook) grid"
     params = grid_params(search=True) + (  # the grid params apply when the tensor is still dense

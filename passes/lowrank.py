@@ -47,6 +47,7 @@ def choose_rank(sig: torch.Tensor, shape: tuple[int, int], rank: int, energy: fl
 
 @register_pass
 class LowRankPass(Pass):
+    yields = "lowrank"
     name = "lowrank"
     help = "truncated (whitened) SVD, or low-rank correction of the quantization residual"
     params = (

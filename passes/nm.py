@@ -95,6 +95,7 @@ def _sparse(w: torch.Tensor, mask: torch.Tensor, n: int, m: int) -> Sparse:
 
 @register_pass
 class NMPass(Pass):
+    yields = "sparse"
     name = "nm"
     help = "N:M structured or unstructured pruning by magnitude, Wanda or SparseGPT (OBS update)"
     params = (

@@ -168,6 +168,7 @@ def grid_params(search: bool) -> tuple[Param, ...]:
 
 @register_pass
 class QuantPass(Pass):
+    yields = "quant"
     name = "quant"
     help = "uniform integer quantization per group (RTN), 2-8 bits"
     params = grid_params(search=False)

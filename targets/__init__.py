@@ -25,6 +25,17 @@ class Target:
     sources: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def check_formats(self, passes: list[Any]) -> None:
+        """TargetError, before any work, when the pipeline leaves weights in a format the target's
+        backend cannot run."""
+        bad = [(p.name, p.yields) for p in passes if p.yields and p.yields not in self.formats]
+        if bad:
+            name, fmt = bad[0]
+            raise TargetError(f"pass '{name}' stores weights as '{fmt}', which target '{self.name}' "
+                              f"(backend {self.backend}) cannot run",
+                              hint=f"{self.name} runs: {', '.join(self.formats)}; choose another pass or target, "
+                                   "or add --no-lower to keep only the portable .cllm (validated in PyTorch)")
+
     def decode_tokens_per_s_estimate(self, weight_bytes: int) -> float:
         """Bandwidth roofline for batch-1 decode: every weight byte read once per token."""
         return self.bandwidth_gbs * 1e9 / max(weight_bytes, 1)

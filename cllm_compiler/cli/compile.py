@@ -13,7 +13,7 @@ from .summary import print_summary
 EPILOG = """\
 examples:
   cllm-compile                                   # SmolLM2-135M for x86-avx512, default pipeline
-  cllm-compile model.gguf --target jetson-orin-nano-8gb -o orin/
+  cllm-compile model.gguf --target jetson-orin-nano-8gb -o orin/   # aarch64 + sm_87 package in orin/tvm/
   cllm-compile hf_dir/ --pipeline "quant{bits=3,group=64},entropy{codec=zstd}" --eval-windows 8
   cllm-compile hf_dir/ --recipe recipe.yaml
   cllm-compile --budget 3.5                      # per-tensor bits chosen to fit 3.5 bits/weight on disk
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eval-windows", type=int, default=4, metavar="N",
                     help="WikiText-2 windows for the validation report (0 = skip; all = 148 for SmolLM2 @2048)")
     ap.add_argument("--seqlen", type=int, default=2048, help="evaluation window length in tokens")
+    ap.add_argument("--no-lower", action="store_true",
+                    help="stop at the portable model.cllm: no backend build (TVM/GGUF); validated in PyTorch")
     ap.add_argument("--dump-ir", type=Path, metavar="DIR", help="write an IR summary after every pass")
     ap.add_argument("--list-targets", action="store_true", help="list targets and exit")
     ap.add_argument("--list-passes", action="store_true", help="list passes with their parameters and exit")
@@ -143,7 +145,7 @@ def _main(argv: list[str] | None) -> int:
         result = compile_model(model_path, target, passes, outdir, force=args.force,
                                eval_windows=args.eval_windows, seqlen=args.seqlen, dump_ir=args.dump_ir,
                                instruments=[_ProgressInstrument(prog)], on_step=step,
-                               eval_progress=eval_progress,
+                               eval_progress=eval_progress, lower=not args.no_lower,
                                write_progress=lambda name: prog.update(wtask, advance=1, visible=True))
     print_summary(result.report, result.out)
     console.print(f"[green]artifact written:[/] {result.out}", highlight=False)
