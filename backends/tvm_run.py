@@ -44,20 +44,24 @@ def load_weights(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
 class TvmModel:
     """A compiled package on a device: `session` is None for this host, else a TVM RPC session."""
 
-    def __init__(self, folder: Path, session: Any = None, chunk: int = 512, threads: int | None = None) -> None:
+    def __init__(self, folder: Path, session: Any = None, chunk: int = 512, threads: int | None = None,
+                 gpu: bool = False) -> None:
         import tvm
         from tvm import relax
         os.environ.setdefault("TVM_NUM_THREADS", str(threads or int(os.environ.get("CLLM_THREADS", "1"))))
         self.folder, self.manifest = Path(folder), read_manifest(Path(folder))
         lib_path = self.folder / self.manifest["library"]
         if session is None:
-            self.dev = tvm.cpu()
+            self.dev = tvm.cuda() if gpu else tvm.cpu()
             lib = tvm.runtime.load_module(str(lib_path))
         else:
             session.upload(str(lib_path))
             lib = session.load_module(lib_path.name)
-            self.dev = session.cpu()
+            self.dev = session.cuda() if gpu else session.cpu()
         self.vm = relax.VirtualMachine(lib, self.dev)
+        # positions are Relax shape values; over RPC a local Shape cannot travel, a remote one can
+        self.shape = tvm.runtime.ShapeTuple if session is None else \
+            (lambda dims, f=session.get_function("ffi.Shape"): f(*dims))
         self.params = [tvm.runtime.tensor(a, self.dev) for a in load_weights(self.folder, self.manifest)]
         c = self.manifest["config"]
         self.max_len, self.chunk, self.vocab = int(self.manifest["max_len"]), chunk, int(c["vocab_size"])
@@ -73,15 +77,14 @@ class TvmModel:
                                hint="recompile with a larger --max-len")
         tvm = self._tvm
         x = tvm.runtime.tensor(np.asarray(ids, np.int32), self.dev)
-        return self.vm[fn](x, tvm.runtime.ShapeTuple([pos]), self.cache, *self.params).numpy()
+        return self.vm[fn](x, self.shape([pos]), self.cache, *self.params).numpy()
 
     def logits(self, ids: list[int], last_only: bool = False) -> np.ndarray:
         """Logits for `ids` from position 0 (the cache is overwritten)."""
         outs = []
         for start in range(0, len(ids), self.chunk):
             part = ids[start:start + self.chunk]
-            last = last_only and start + self.chunk >= len(ids)
-            outs.append(self._run("prefill" if last or last_only else "prefill_all", part, start))
+            outs.append(self._run("prefill" if last_only else "prefill_all", part, start))
         return np.concatenate(outs) if not last_only else outs[-1]
 
     def __call__(self, x: torch.Tensor) -> SimpleNamespace:
