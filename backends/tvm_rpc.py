@@ -39,7 +39,8 @@ def parse_device(spec: str, registry: Path | None = None) -> dict[str, Any]:
     return {**entry, "host": u.hostname, "port": u.port, "url": spec}
 
 
-def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+def bounded(fn: Callable[[], T], timeout: float, what: str,
+            hint: str = "the RPC server may have died or been killed; check the device") -> T:
     """Run fn in a daemon thread; BackendError if it raises or takes longer than `timeout`."""
     box: dict[str, Any] = {}
 
@@ -57,7 +58,7 @@ def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     if "error" in box:
         e = box["error"]
         raise BackendError(f"the device failed while {what}: {str(e).strip().splitlines()[-1][:300]}",
-                           hint="the RPC server may have died or been killed; check the device") from None
+                           hint=hint) from None
     return box["value"]
 
 
@@ -69,14 +70,16 @@ class RemoteSession:
         from .tvm_run import TvmModel, read_manifest
         self.timeout, self.device = timeout, device
         self.sess = bounded(lambda: rpc.connect(device["host"], device["port"], session_timeout=0),
-                            min(timeout, 30.0), f"connecting to {device['url']}")
+                            min(timeout, 30.0), f"connecting to {device['url']}",
+                            hint="is TVM's RPC server running there? start it on the device with "
+                                 f"`python -m tvm.exec.rpc_server --host 0.0.0.0 --port {device['port']}`")
         man = read_manifest(package)
         self.gpu = man["tvm_target"]["kind"] == "cuda"
         self.model = bounded(lambda: TvmModel(package, session=self.sess, gpu=self.gpu),
                              timeout * 4, "uploading the package and weights")
 
     def logits(self, ids: list[int]) -> np.ndarray:
-        return bounded(lambda: self.model.logits(ids), self.timeout * 4, "computing logits")
+        return bounded(lambda: self.model.logits(ids), self.timeout, "computing logits")
 
     def latency(self, prompt: int, repeats: int) -> dict[str, Any]:
         """Prefill (prompt tokens) and decode (one token at position `prompt`) latency on the
@@ -88,8 +91,8 @@ class RemoteSession:
             ids = tvm.runtime.tensor(np.arange(n, dtype=np.int32) % m.vocab, m.dev)
             f = m.vm.time_evaluator(fn, m.dev, number=1, repeat=repeats)
             return list(f(ids, m.shape([pos]), m.cache, *m.params).results)
-        pre = bounded(lambda: measure("prefill", prompt, 0), self.timeout * 4, "timing prefill")
-        dec = bounded(lambda: measure("decode", 1, prompt), self.timeout * 4, "timing decode")
+        pre = bounded(lambda: measure("prefill", prompt, 0), self.timeout, "timing prefill")
+        dec = bounded(lambda: measure("decode", 1, prompt), self.timeout, "timing decode")
         q = lambda xs, p: float(np.percentile(np.array(xs) * 1e3, p))  # noqa: E731
         return {"prefill_ms_p50": q(pre, 50), "prefill_ms_p95": q(pre, 95), "decode_ms_p50": q(dec, 50),
                 "decode_ms_p95": q(dec, 95), "prefill_tok_s": prompt / (q(pre, 50) / 1e3),

@@ -166,6 +166,10 @@ class Pass:
             raise PassError(f"{self.name}: {p.name}={value!r} is out of range", hint=p.help)
         return value
 
+    def storage_format(self) -> str | None:
+        """The format this pass leaves tensors in (a target lists the formats its backend runs)."""
+        return self.yields
+
     def args_for(self, node: TensorNode) -> dict[str, Any]:
         """This pass's arguments for `node`, with the allocator's per-tensor choices applied."""
         plan = self.ctx.plan.get(node.name)

@@ -133,6 +133,9 @@ class CodebookGrid:
 @register_pass
 class CodebookPass(Pass):
     yields = "codebook"
+
+    def storage_format(self) -> str | None:
+        return "codebook" if self.args["d"] == 1 and self.args["stages"] == 1 else "vq"
     name = "codebook"
     help = "learned codebooks: per-row scalar LUTs (SqueezeLLM) or per-tensor scalar/vector codebooks (VQ)"
     params = (

@@ -28,7 +28,7 @@ class Target:
     def check_formats(self, passes: list[Any]) -> None:
         """TargetError, before any work, when the pipeline leaves weights in a format the target's
         backend cannot run."""
-        bad = [(p.name, p.yields) for p in passes if p.yields and p.yields not in self.formats]
+        bad = [(p.name, f) for p in passes if (f := p.storage_format()) and f not in self.formats]
         if bad:
             name, fmt = bad[0]
             raise TargetError(f"pass '{name}' stores weights as '{fmt}', which target '{self.name}' "

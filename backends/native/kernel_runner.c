@@ -4,7 +4,7 @@
  * SPEC has one line per kernel argument, in order:  PATH DTYPE_CODE BITS NDIM D0 D1 ...
  * (DLPack dtype codes: 0 int, 1 uint, 2 float). The last argument is the output: it is
  * written back to PATH after the call. The runner supplies the few runtime hooks a kernel
- * object needs: a serial parallel-launch and an error printer.
+ * object needs: a serial parallel-launch, workspace allocation and an error printer.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +21,19 @@ static int serial_launch(ParallelLambda f, void* cdata, int num_task) {
   return f(0, &env, cdata);  /* one task covers the whole range */
 }
 int (*__TVMBackendParallelLaunch)(ParallelLambda, void*, int) = serial_launch;
+
+/* Workspace for a kernel's local buffers (e.g. the GEMM's decoded weight tile). */
+static void* alloc_workspace(int device_type, int device_id, uint64_t nbytes, int dtype_code, int dtype_bits) {
+  (void)device_type; (void)device_id; (void)dtype_code; (void)dtype_bits;
+  return aligned_alloc(64, (nbytes + 63) / 64 * 64);
+}
+static int free_workspace(int device_type, int device_id, void* ptr) {
+  (void)device_type; (void)device_id;
+  free(ptr);
+  return 0;
+}
+void* (*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = alloc_workspace;
+int (*__TVMBackendFreeWorkspace)(int, int, void*) = free_workspace;
 
 void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int32_t n) {
   fprintf(stderr, "%s:", kind);

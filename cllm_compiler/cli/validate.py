@@ -92,3 +92,7 @@ def _print(r: dict) -> None:
     t.add_row("energy", e["energy"])
     out.print(t)
     console.print(f"[dim]{lat['label']}[/]", highlight=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""TVM backend: compressed-layout kernels against numpy, the Relax model against the torch
+reference (prefill and decode), the Jetson package (aarch64 + sm_87), aarch64 kernels under
+qemu, and clear errors for what a target cannot run."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cllm_compiler.backends import tvm_kernels as K
+from cllm_compiler.backends.tvm_layout import Layout, lower_weight, pack_codes
+from cllm_compiler.backends.tvm_schedule import _matmul_cpu, _attention_cpu
+from cllm_compiler.compiler import compile_model
+from cllm_compiler.errors import BackendError, TargetError
+from cllm_compiler.pipeline import parse_pipeline
+from cllm_compiler.reprs import Dense, Quantized
+from cllm_compiler.reprs_codebook import Codebook
+from cllm_compiler.targets import get_target
+
+X86 = {"kind": "llvm", "mcpu": "znver4"}
+RNG = np.random.default_rng(0)
+
+
+def _quant(n: int, k: int, bits: int, group: int, zero: str) -> Quantized:
+    ng = -(-k // group)
+    codes = RNG.integers(0, 1 << bits, (n, k)).astype(np.uint8)
+    scales = (RNG.random((n, ng)) * 0.1 + 0.01).astype(np.float16)
+    zeros = RNG.integers(0, 1 << bits, (n, ng)).astype(np.uint8) if zero == "int" else None
+    mins = (RNG.standard_normal((n, ng)) * 0.1).astype(np.float16) if zero == "float" else None
+    return Quantized(codes, scales, zeros, bits, group, mins)
+
+
+def _codebook(n: int, k: int, bits: int, nlut: int, group: int) -> Codebook:
+    codes = RNG.integers(0, 1 << bits, (1, n, k)).astype(np.uint8)
+    luts = RNG.standard_normal((1, nlut, 1 << bits, 1)).astype(np.float16)
+    scales = (RNG.random((n, -(-k // group))) + 0.5).astype(np.float16) if group else None
+    return Codebook(codes, luts, scales, group)
+
+
+REPS = {
+    "q4g128z": lambda: _quant(192, 576, 4, 128, "int"),   # ragged last group (576 = 4.5 x 128)
+    "q4g32s": lambda: _quant(128, 256, 4, 32, "sym"),
+    "q4g32m": lambda: _quant(64, 256, 4, 32, "float"),
+    "q3g64z": lambda: _quant(80, 192, 3, 64, "int"),      # N = 80: 16-wide tiles
+    "q2g64s": lambda: _quant(64, 128, 2, 64, "sym"),
+    "q8g128z": lambda: _quant(128, 256, 8, 128, "int"),
+    "lut3": lambda: _codebook(64, 256, 3, 1, 0),
+    "lut4r_g64": lambda: _codebook(64, 256, 4, 64, 64),
+    "dense": lambda: Dense((96, 64), data=torch.randn(96, 64)),
+}
+
+
+def _run(func, arrays: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    import tvm
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(X86))
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in [*arrays, np.zeros(out_shape, np.float32)]]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+@pytest.mark.parametrize("codes_bits", [1, 2, 3, 4, 5, 8])
+def test_pack_codes_roundtrip(codes_bits):
+    lay = Layout("quant", 37, 32, codes_bits, 37, "sym", tile=16)
+    codes = RNG.integers(0, 1 << codes_bits, (32, 37)).astype(np.uint8)
+    packed = pack_codes(codes, lay)
+    assert packed.shape == (2, -(-37 // lay.per), 16)
+    flat = packed.transpose(1, 0, 2).reshape(-1, 32)  # [kp, N]
+    out = np.stack([(flat >> (i * lay.pack_bits)) & ((1 << lay.pack_bits) - 1) for i in range(lay.per)], 1)
+    assert np.array_equal(out.reshape(-1, 32)[:37].T, codes)
+
+
+@pytest.mark.parametrize("name", list(REPS))
+@pytest.mark.parametrize("rows", [1, 5])
+def test_matmul_kernels_match_numpy(name, rows):
+    """GEMV (rows=1, grouped form) and GEMM (rows=5) on the compressed arrays == x @ decode(W).T."""
+    rep = REPS[name]()
+    w = rep.decode().numpy()
+    lay, arrs = lower_weight(rep, w.shape, name)
+    x = RNG.standard_normal((rows, w.shape[1])).astype(np.float32)
+    func = _matmul_cpu(K.matmul(lay, 1 if rows == 1 else None)).mod["main"]
+    got = _run(func, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (rows, w.shape[0]))
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_attention_kernel_matches_torch():
+    layers, heads, kvh, dim, max_len, pos, m = 2, 4, 2, 16, 64, 7, 5
+    cache = np.zeros(K.cache_shape(layers, kvh, dim, max_len), np.float32)
+    k = RNG.standard_normal((pos + m, kvh, dim)).astype(np.float32)
+    v = RNG.standard_normal((pos + m, kvh, dim)).astype(np.float32)
+    for t in range(pos + m):  # the layout kv_append writes: keys transposed, values row-major
+        cache[1, 0, :, np.arange(dim) * max_len + t] = k[t].T
+        cache[1, 1, :, t * dim:(t + 1) * dim] = v[t]
+    q = RNG.standard_normal((m, heads, dim)).astype(np.float32)
+    import tvm
+    func = _attention_cpu(K.attention(layers, heads, kvh, dim, max_len)).mod["main"]
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(X86))
+    out = tvm.runtime.tensor(np.zeros((m, heads, dim), np.float32))
+    lib["main"](tvm.runtime.tensor(q), tvm.runtime.tensor(cache), pos, 1, out)
+    kk, vv = (torch.from_numpy(a).repeat_interleave(heads // kvh, 1).transpose(0, 1) for a in (k, v))
+    mask = torch.arange(pos + m)[None, :] <= (pos + torch.arange(m))[:, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv, attn_mask=mask)
+    assert np.abs(out.numpy() - ref.transpose(0, 1).numpy()).max() < 1e-5
+
+
+def _compile_x86(src: Path, out: Path, pipe: str, **kw):
+    return compile_model(src, get_target("x86-avx512"), parse_pipeline(pipe), out, seqlen=128, **kw)
+
+
+@pytest.fixture(scope="module")
+def x86_artifact(tiny_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tvm") / "a"
+    _compile_x86(tiny_dir, out, "quant{bits=4,group=128},quant{bits=8,group=128,match=embed|lm_head},entropy")
+    return out
+
+
+def _torch_logits(art: Path, ids: torch.Tensor) -> torch.Tensor:
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.container import read_container
+    with torch.inference_mode():
+        return build_torch_model(read_container(art / "model.cllm"))(ids[None]).logits[0]
+
+
+def test_x86_package_matches_torch_prefill_and_decode(x86_artifact):
+    from cllm_compiler.backends.tvm_run import TvmModel
+    from cllm_compiler.validate import compare_logits
+    pkg = x86_artifact / "tvm"
+    assert {p.name for p in pkg.iterdir()} == {"model.so", "weights.safetensors", "tvm.json"}
+    ids = torch.randint(0, 512, (200,), generator=torch.Generator().manual_seed(0))
+    ref = _torch_logits(x86_artifact, ids)
+    tm = TvmModel(pkg, chunk=64)  # 200 tokens in 4 chunks: exercises pos > 0 prefill
+    q = compare_logits(ref, torch.from_numpy(tm.logits(ids.tolist())), ids)
+    assert q["kld_mean"] < 1e-6 and q["top1_agree"] == 1.0
+    assert abs(q["ppl_device"] / q["ppl_torch"] - 1) < 1e-4
+    # decode: token-by-token logits through the GEMV kernels and the KV cache
+    tm.logits(ids[:150].tolist(), last_only=True)
+    for pos in range(150, 160):
+        step = tm._run("decode", [int(ids[pos])], pos)[0]
+        assert np.abs(step - ref[pos].numpy()).max() < 1e-3
+
+
+def test_x86_generate_equals_torch_greedy(x86_artifact):
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.backends.tvm_run import TvmModel
+    from cllm_compiler.container import read_container
+    prompt = [5, 17, 99, 200, 3]
+    net = build_torch_model(read_container(x86_artifact / "model.cllm"))
+    with torch.inference_mode():
+        want = net.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, min_new_tokens=12)[0, 5:]
+    assert TvmModel(x86_artifact / "tvm").generate_ids(prompt, 12) == want.tolist()
+
+
+def test_compile_report_has_tvm_backend_eval(tiny_dir, tmp_path):
+    res = _compile_x86(tiny_dir, tmp_path / "a", "codebook{bits=3,scope=tensor},quant{bits=8,group=64,match=embed},entropy",
+                       eval_windows=1)
+    low, tvm_eval = res.report["lowering"], res.report["eval"]["backends"]["tvm"]
+    assert low["backend"] == "tvm" and "lut3g128" in low["tensor_types"]
+    assert tvm_eval["vs_torch_same_weights"]["top1_agree"] >= 0.99
+    assert tvm_eval["vs_torch_same_weights"]["kld_mean"] < 1e-5
+    assert tvm_eval["speed"]["decode_tok_s"] > 0 and tvm_eval["speed"]["label"].startswith("measured")
+
+
+def test_unsupported_format_refused_before_any_work(tiny_dir, tmp_path):
+    with pytest.raises(TargetError, match="sparse.*x86-avx512") as e:
+        _compile_x86(tiny_dir, tmp_path / "a", "nm{n=2,m=4},quant{bits=4,group=64}")
+    assert "dense, quant, codebook, encoded" in (e.value.hint or "")
+    assert not (tmp_path / "a").exists()
+    res = _compile_x86(tiny_dir, tmp_path / "b", "nm{n=2,m=4,method=magnitude}", lower=False)  # portable .cllm only
+    assert not (res.out / "tvm").exists() and isinstance(res.report["lowering"], str)
+
+
+def test_vector_codebook_refused_and_lowering_names_the_tensor(tiny_dir, tmp_path):
+    with pytest.raises(TargetError, match="'vq'"):
+        _compile_x86(tiny_dir, tmp_path / "a", "codebook{bits=2,d=2,scope=tensor}")
+    assert not (tmp_path / "a").exists()
+    from cllm_compiler.backends.tvm_build import check_model
+    from cllm_compiler.loading import load_model
+    res = _compile_x86(tiny_dir, tmp_path / "b", "codebook{bits=2,d=2,scope=tensor}", lower=False)
+    with pytest.raises(BackendError, match=r"tensor 'model\.layers\.0\..*': .*no kernel for 'vq2") as e:
+        check_model(load_model(res.out))
+    assert "TVM kernels read" in (e.value.hint or "")
+
+
+def test_tvm_tag_for_orin_names_wrong_cpu_and_ours_fixes_it():
+    import tvm
+    tag = tvm.target.Target("nvidia/jetson-orin-nano")
+    assert str(tag.host.attrs["mcpu"]) == "carmel"  # Xavier's CPU: why targets.toml spells the target out
+    for name in ("jetson-orin-agx-64gb", "jetson-orin-agx-32gb", "jetson-orin-nano-8gb"):
+        t = get_target(name).extra["tvm_target"]
+        assert t["arch"] == "sm_87" and t["host"]["mcpu"] == "cortex-a78ae"
+
+
+needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("nvcc") is None,
+                                 reason="needs g++-aarch64-linux-gnu and nvcc (scripts/setup.sh installs them)")
+
+
+@needs_cross
+def test_jetson_package_builds_for_sm87_and_aarch64(tiny_dir, tmp_path):
+    import json
+    res = compile_model(tiny_dir, get_target("jetson-orin-nano-8gb"),
+                        parse_pipeline("quant{bits=4,group=64},quant{bits=8,group=64,match=embed},entropy"),
+                        tmp_path / "o", seqlen=128)
+    pkg = res.out / "tvm"
+    man = json.loads((pkg / "tvm.json").read_text())
+    assert man["cuda_arch"] == "sm_87" and man["requires"]["cuda_toolkit_used"][0].isdigit()
+    assert (pkg / "model_aarch64.so").read_bytes()[:4] == b"\x7fELF"
+    assert int.from_bytes((pkg / "model_aarch64.so").read_bytes()[18:20], "little") == 183  # EM_AARCH64
+    assert man["cuda_kernels"] >= 10 and "__global__" in (pkg / "kernels.cu").read_text()
+    cuobjdump = _cuobjdump()
+    import subprocess
+    listing = subprocess.run([cuobjdump, "--list-elf", str(pkg / "kernels_sm87.cubin")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "sm_87" in listing
+
+
+def _cuobjdump() -> str:
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    import nvidia  # the nvidia-cuda-cuobjdump wheel (test extra)
+    for base in nvidia.__path__:
+        for p in Path(base).glob("*/bin/cuobjdump"):
+            return str(p)
+    raise AssertionError("cuobjdump not found: pip install nvidia-cuda-cuobjdump")
+
+
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None,
+                    reason="needs qemu-user and gcc-aarch64-linux-gnu (scripts/setup.sh installs them)")
+@pytest.mark.parametrize("rows", [1, 3])
+def test_aarch64_kernels_under_qemu_match_numpy(tmp_path, rows):
+    from cllm_compiler.backends.tvm_crosscheck import build_runner, run_kernel
+    rep = _quant(128, 576, 4, 128, "int")
+    lay, arrs = lower_weight(rep, (128, 576), "w")
+    x = RNG.standard_normal((rows, 576)).astype(np.float32)
+    func = _matmul_cpu(K.matmul(lay, 1 if rows == 1 else rows)).mod["main"]
+    exe = build_runner(func, tmp_path)
+    assert exe.read_bytes()[18:20] == (183).to_bytes(2, "little")  # an aarch64 executable
+    got = run_kernel(exe, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (rows, 128))
+    ref = x.astype(np.float64) @ rep.decode().numpy().T.astype(np.float64)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert not math.isnan(float(got.sum()))
