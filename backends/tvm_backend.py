@@ -44,7 +44,18 @@ def package_manifest(model: Model, low: Any, target: Any, library: str, extra: d
             "library": library, "weights": WEIGHTS, "params": [n for n, _ in low.params],
             "config": model.config.to_dict(), "max_len": low.max_len, "functions": ["prefill", "prefill_all", "decode"],
             "kernels": kernel_counts(low),
+            "isa": list(target.extra.get("isa", [])),
             "tvm_version": tvm.__version__, "built_on": platform.machine(), **(extra or {})}
+
+
+def host_missing_isa(manifest: dict[str, Any]) -> list[str]:
+    """CPU features the package was compiled for that this host lacks (running it would SIGILL)."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in manifest.get("isa", []) if f not in flags] if flags else []
 
 
 def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAULT_MAX_LEN,
@@ -76,14 +87,17 @@ def kernel_counts(low: Any) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def models(folder: Path, seqlen: int) -> dict[str, Any]:
-    """The package as an evaluator model when it runs on this host (a CPU build for this machine)."""
+def models(folder: Path, seqlen: int, probe: bool = False) -> dict[str, Any]:
+    """The package as an evaluator model when it runs on this host (a CPU build for this machine);
+    with `probe`, only whether it would (no model is loaded)."""
     pkg = folder / PACKAGE_DIR
     if not (pkg / "tvm.json").is_file():
         return {}
     man = json.loads((pkg / "tvm.json").read_text())
-    if man["tvm_target"]["kind"] != "llvm" or man["built_on"] != platform.machine():
+    if man["tvm_target"]["kind"] != "llvm" or man["built_on"] != platform.machine() or host_missing_isa(man):
         return {}
+    if probe:
+        return {"tvm": None}
     from .tvm_run import TvmModel
     return {"tvm": TvmModel(pkg)}
 

@@ -52,6 +52,12 @@ class TvmModel:
         self.folder, self.manifest = Path(folder), read_manifest(Path(folder))
         lib_path = self.folder / self.manifest["library"]
         if session is None:
+            from .tvm_backend import host_missing_isa
+            missing = host_missing_isa(self.manifest)
+            if missing:
+                raise BackendError(f"this CPU lacks {', '.join(missing)}, which the package was compiled for",
+                                   hint="run it on a machine of its target, or recompile for another target")
+        if session is None:
             self.dev = tvm.cuda() if gpu else tvm.cpu()
             lib = tvm.runtime.load_module(str(lib_path))
         else:

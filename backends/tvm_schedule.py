@@ -96,21 +96,28 @@ def _gemv_grouped_cpu(sch: s_tir.Schedule, nt: int) -> s_tir.Schedule:
 
 
 def _attention_cpu(func: Any) -> s_tir.Schedule:
+    """Scores and the value sum accumulate in local (register) tiles: 16 positions x 1 head for
+    the scores, 64 head dims for the values."""
     sch = s_tir.Schedule(func)
     scores = sch.get_sblock("scores")
     h, i, t, d = sch.get_loops(scores)
     to, ti = sch.split(t, [None, 16])
     sch.reorder(h, i, to, d, ti)
+    sw = sch.cache_write(scores, 0, "local")
+    sch.reverse_compute_at(sw, to)
+    sch.vectorize(sch.get_loops(sw)[-1])
     sch.vectorize(ti)
     sch.decompose_reduction(scores, d)
     sch.compute_inline(sch.get_sblock("masked"))
-    sch.compute_inline(sch.get_sblock("shifted"))
-    e = sch.get_sblock("T_fast_exp")
-    eo, ei = sch.split(sch.get_loops(e)[-1], [None, 16])
-    sch.vectorize(ei)
+    for name in ("shifted", "T_fast_exp"):  # shifted stays a buffer: fast_exp reads its input ~20 times
+        blk = sch.get_sblock(name)
+        sch.vectorize(sch.split(sch.get_loops(blk)[-1], [None, 16])[1])
     acc = sch.get_sblock("attn_acc")
     i, h, dd, t = sch.get_loops(acc)
     sch.reorder(i, h, t, dd)
+    aw = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(aw, h)
+    sch.vectorize(sch.get_loops(aw)[-1])
     sch.vectorize(dd)
     sch.decompose_reduction(acc, t)
     return sch

@@ -179,8 +179,12 @@ def test_budget_chooses_gguf_types_for_the_gguf_file(tiny_dir, tmp_path):
 
 def test_run_cli_torch_runner_and_errors(tiny_artifact, capsys):
     from cllm_compiler.cli.run import main as run_main
-    assert run_main([str(tiny_artifact), "--prompt", "The", "-n", "4"]) == 0  # no model.gguf: torch runner
-    assert "runner: torch reference" in capsys.readouterr().err
+    assert run_main([str(tiny_artifact), "--prompt", "The", "-n", "8", "--runner", "torch"]) == 0
+    torch_run = capsys.readouterr()
+    assert "runner: torch reference" in torch_run.err
+    assert run_main([str(tiny_artifact), "--prompt", "The", "-n", "8"]) == 0  # x86 artifact: its TVM package
+    tvm_run = capsys.readouterr()
+    assert "runner: TVM" in tvm_run.err and tvm_run.out == torch_run.out  # same greedy text
     assert run_main([str(tiny_artifact), "--prompt", "The", "--runner", "llama.cpp"]) == 2
     assert "has no model.gguf" in capsys.readouterr().err
     assert run_main([str(tiny_artifact), "--chat", "hi"]) == 2  # the tiny tokenizer has no chat template

@@ -1,7 +1,9 @@
 """cllm-run: generate text with a compiled artifact on this machine.
 
-An artifact with a lowered model.gguf runs in llama.cpp (llama-cpp-python); any other runs
-in the PyTorch reference runner (decoded float32 weights). Greedy decoding.
+An artifact with a lowered model.gguf runs in llama.cpp (llama-cpp-python); one with a TVM
+package built for this machine (tvm/, --target x86-avx512) runs in TVM's Relax VM with the
+compressed weights; any other runs in the PyTorch reference runner (decoded float32 weights).
+Greedy decoding.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from .ui import run_cli, setup_threads, step
 EPILOG = """\
 examples:
   cllm-run out/smollm2-gguf-cpu --prompt "The capital of France is" -n 16
+  cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time"          # TVM package (tvm/)
   cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time" --runner torch
   cllm-run art/ --chat "What is the capital of France?"     # applies the model's chat template
 """
@@ -31,28 +34,36 @@ def _main(argv: list[str] | None) -> int:
     g.add_argument("--prompt", help="text to continue")
     g.add_argument("--chat", help="a user message, wrapped in the model's chat template")
     ap.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
-    ap.add_argument("--runner", choices=("auto", "llama.cpp", "torch"), default="auto",
-                    help="auto = llama.cpp when the artifact holds model.gguf, else torch")
+    ap.add_argument("--runner", choices=("auto", "llama.cpp", "tvm", "torch"), default="auto",
+                    help="auto = llama.cpp for model.gguf, tvm for a TVM package built for this host, else torch")
     args = ap.parse_args(argv)
     setup_threads()
     from ..errors import CllmError
     gguf = args.artifact / "model.gguf"
-    runner = args.runner if args.runner != "auto" else ("llama.cpp" if gguf.is_file() else "torch")
+    from ..backends.tvm_backend import models as tvm_models
+    local_tvm = bool(args.runner in ("auto", "tvm") and tvm_models(args.artifact, 0, probe=True))
+    runner = args.runner if args.runner != "auto" else ("llama.cpp" if gguf.is_file() else "tvm" if local_tvm else "torch")
     if runner == "llama.cpp" and not gguf.is_file():
         raise CllmError(f"{args.artifact} has no model.gguf", hint="compile with --target gguf-cpu, or use --runner torch")
+    if runner == "tvm" and not local_tvm:
+        raise CllmError(f"{args.artifact} has no TVM package built for this machine",
+                        hint="compile with --target x86-avx512; Jetson packages run on the device (cllm-validate)")
     if runner == "llama.cpp":
         step(f"runner: llama.cpp ({gguf})")
         from ..backends.gguf_run import LlamaCppModel
         lm = LlamaCppModel(gguf, n_ctx=2048, logits_all=False, kv_type="f16")
         text = lm.chat(args.chat, args.max_tokens) if args.chat else lm.generate(args.prompt, args.max_tokens)
+    elif runner == "tvm":
+        step(f"runner: TVM ({args.artifact / 'tvm'})")
+        text = _generate(args.artifact, args.prompt, args.chat, args.max_tokens, tvm=True)
     else:
         step(f"runner: torch reference ({args.artifact})")
-        text = _torch_generate(args.artifact, args.prompt, args.chat, args.max_tokens)
+        text = _generate(args.artifact, args.prompt, args.chat, args.max_tokens)
     sys.stdout.write(text + "\n")
     return 0
 
 
-def _torch_generate(artifact: Path, prompt: str | None, chat: str | None, n: int) -> str:
+def _generate(artifact: Path, prompt: str | None, chat: str | None, n: int, tvm: bool = False) -> str:
     import torch
 
     from ..backends.torch_ref import build_torch_model
@@ -69,6 +80,11 @@ def _torch_generate(artifact: Path, prompt: str | None, chat: str | None, n: int
         prompt = Template(model.tokenizer.chat_template).render(
             messages=[{"role": "user", "content": chat}], add_generation_prompt=True)
     ids = torch.tensor([tok.encode(prompt or "", add_special_tokens=model.tokenizer.add_bos).ids])
+    if tvm:
+        from ..backends.tvm_run import TvmModel
+        eos = model.config.eos_token_id
+        out = TvmModel(artifact / "tvm").generate_ids(ids[0].tolist(), n, eos=eos)
+        return tok.decode(out[:-1] if out and out[-1] == eos else out)
     net = build_torch_model(model)
     with torch.inference_mode():
         out = net.generate(ids, max_new_tokens=n, do_sample=False)
