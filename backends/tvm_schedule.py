@@ -96,22 +96,28 @@ def _gemv_grouped_cpu(sch: s_tir.Schedule, nt: int) -> s_tir.Schedule:
 
 
 def _attention_cpu(func: Any) -> s_tir.Schedule:
-    """Scores and the value sum accumulate in local (register) tiles: 16 positions x 1 head for
-    the scores, 64 head dims for the values."""
+    """Scores: for each head dim d, stream that row of the (transposed) key cache and FMA it into
+    the query's score row (L1-resident), 16 positions a vector. Row max / sum: 16 lanes each
+    (rfactor), reduced at the end. Values: stream cache rows, 64 head dims a vector."""
     sch = s_tir.Schedule(func)
     scores = sch.get_sblock("scores")
     h, i, t, d = sch.get_loops(scores)
     to, ti = sch.split(t, [None, 16])
-    sch.reorder(h, i, to, d, ti)
-    sw = sch.cache_write(scores, 0, "local")
-    sch.reverse_compute_at(sw, to)
-    sch.vectorize(sch.get_loops(sw)[-1])
+    sch.reorder(h, i, d, to, ti)
     sch.vectorize(ti)
     sch.decompose_reduction(scores, d)
     sch.compute_inline(sch.get_sblock("masked"))
     for name in ("shifted", "T_fast_exp"):  # shifted stays a buffer: fast_exp reads its input ~20 times
         blk = sch.get_sblock(name)
         sch.vectorize(sch.split(sch.get_loops(blk)[-1], [None, 16])[1])
+    for name in ("rowmax", "rowsum"):
+        blk = sch.get_sblock(name)
+        _, _, r = sch.get_loops(blk)
+        ro, ri = sch.split(r, [None, 16])
+        rf = sch.rfactor(ri, 2)
+        red, lane = sch.get_loops(rf)[-2:]   # lanes stay innermost: 16 running max/sum
+        sch.vectorize(lane)
+        sch.decompose_reduction(rf, red)
     acc = sch.get_sblock("attn_acc")
     i, h, dd, t = sch.get_loops(acc)
     sch.reorder(i, h, t, dd)

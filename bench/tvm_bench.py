@@ -2,8 +2,9 @@
 same model and thread count, quality of both against the fp32 torch reference, and one GEMV
 kernel against dequantize-then-numpy and onnxruntime's MatMulNBits.
 
-cllm files: `cllm-compile --target x86-avx512` with int4 g128 (the target's default pipeline) and a
-4-bit per-row codebook. Peers: llama.cpp Q4_0 and Q4_K_M from an F16 GGUF of the same healed
+cllm files: `cllm-compile --target x86-avx512` with int4 g128 RTN (the target's default pipeline),
+GPTQ int4 g128 (act-order, clip search), 4-bit per-row LUTs + GPTQ, and the allocator at 5.4 bits/weight
+(per-tensor 2-8 bits, GPTQ), all lowered to the TVM kernels. Peers: llama.cpp Q4_0 and Q4_K_M from an F16 GGUF of the same healed
 model (`llama_model_quantize`). All run on 1 thread. Speed: interleaved rounds (order reversed
 every other round), decode tok/s after a 128-token prompt, median of --rounds; ratios are
 medians of per-round ratios. Quality: KLD / top-1 / PPL on --windows x --seqlen WikiText-2 tokens.
@@ -26,8 +27,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
 HEALED = ROOT.parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
-CLLM = {"cllm-tvm-int4-g128": "quant{bits=4,group=128},quant{bits=8,group=128,match=embed},entropy{codec=zstd}",
-        "cllm-tvm-lut4-row": "codebook{bits=4},quant{bits=8,group=128,match=embed},entropy{codec=zstd}"}
+EMB = "quant{bits=8,group=128,match=embed},entropy{codec=zstd}"
+CLLM = {  # @CACHE@: one calibration shared by the calibrated pipelines
+    "cllm-tvm-int4-g128": f"quant{{bits=4,group=128}},{EMB}",                       # x86-avx512's default pipeline
+    "cllm-tvm-gptq-int4-g128": f"calibrate{{cache=@CACHE@}},gptq{{bits=4,group=128}},{EMB}",
+    "cllm-tvm-lut4-row+gptq": f"calibrate{{cache=@CACHE@}},codebook{{bits=4,scope=row}},gptq{{act_order=false}},{EMB}",
+    "cllm-tvm-budget-5.4": "calibrate{cache=@CACHE@},allocate{budget=5.4,choices=bits=2|3|4|5|6|8},"
+                           "gptq{match=linear|embed|lm_head},quant{match=embed|lm_head},entropy",
+}
 PEERS = ["Q4_0", "Q4_K_M"]
 
 
@@ -43,7 +50,9 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
         art = work / name
         if not (art / "tvm" / "tvm.json").exists():
             subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-t", "x86-avx512",
-                            "-p", pipe, "-o", str(art), "--eval-windows", "0", "--force"], check=True)
+                            "-p", pipe.replace("@CACHE@", str(work / "calib")), "-o", str(art), "--eval-windows", "0",
+                            "--force"], check=True)
+        relower(art)  # the package always comes from the current kernels and schedules
         size = (art / "model.cllm").stat().st_size
         facts[name] = {"path": str(art / "tvm"), "kind": "tvm", "bytes": size, "bpw": size * 8 / n_params,
                        "weights_bytes": (art / "tvm" / "weights.safetensors").stat().st_size}
@@ -59,6 +68,15 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
         facts[f"llama.cpp-{kind}"] = {"path": str(dst), "kind": "gguf", "bytes": dst.stat().st_size,
                                       "bpw": dst.stat().st_size * 8 / n_params}
     return facts
+
+
+def relower(art: Path) -> None:
+    import shutil
+    from cllm_compiler.backends.tvm_backend import lower_artifact
+    from cllm_compiler.container import read_container
+    from cllm_compiler.targets import get_target
+    shutil.rmtree(art / "tvm", ignore_errors=True)
+    lower_artifact(read_container(art / "model.cllm"), art, get_target("x86-avx512"))
 
 
 def open_model(f: dict, n_ctx: int):
@@ -124,7 +142,7 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
                           target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
         x = rng.standard_normal((1, k)).astype(np.float32)
         targs = [tvm.runtime.tensor(a) for a in [x, *[arrs[s] for s, _, _ in lay.arrays()], np.zeros((1, n), np.float32)]]
-        timer = lib.time_evaluator("main", tvm.cpu(), number=20, repeat=1)
+        timer = lib.mod.time_evaluator("main", tvm.cpu(), number=20, repeat=1)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(quantize(build_graph({"w": rep.decode().numpy()}), "rtn", 4, 128).SerializeToString(),
@@ -174,15 +192,18 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prepare-only", action="store_true", help="build the files and stop")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     args.work.mkdir(parents=True, exist_ok=True)
+    res = ROOT / "bench" / "results"
+    kern = kernels(args)  # first: quick, and a failure here should not cost the long runs
     facts = prepare(args)
+    if args.prepare_only:
+        return
     quality(args, facts)
     speed(args, facts)
-    kern = kernels(args)
-    res = ROOT / "bench" / "results"
     (res / "tvm_bench.json").write_text(json.dumps({"files": facts, "kernels": kern}, indent=1))
     text = report(facts, kern, args)
     (res / "tvm_bench.md").write_text(text)

@@ -16,7 +16,7 @@ DIM = 8192  # every weight is 8192 x 8192 float32 = 256 MiB
 CHILD = """
 import sys
 from cllm_compiler.cli.compile import main
-rc = main([sys.argv[1], "-o", sys.argv[2], "--eval-windows", "0",
+rc = main([sys.argv[1], "-o", sys.argv[2], "--eval-windows", "0", "--no-lower",
            "-p", "quant{bits=4,group=128,match=linear|embed|lm_head},entropy{codec=auto}"])
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(int(hwm.split()[1]))
