@@ -85,6 +85,7 @@ def _gemv_grouped_cpu(sch: s_tir.Schedule, nt: int) -> s_tir.Schedule:
     no, ni = sch.split(n, [None, nt])
     sch.reorder(no, m, j, ni)
     sch.compute_at(p, j)
+    sch.set_scope(p, 0, "local")        # the tile's partial sums live in registers, not in L1
     loops = sch.get_loops(p)
     sch.reorder(loops[-1], loops[-2])   # kin outside, n lanes inside
     sch.vectorize(sch.get_loops(p)[-1])
