@@ -50,12 +50,7 @@ models = gguf_models
 
 def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Median prefill/decode tokens/s of a LlamaCppModel on this host (measured, not estimated)."""
-    import psutil
+    from ..evaluate import runner_speed
     new_tokens = min(new_tokens, model.n_ctx // 4)
-    prompt = min(prompt, model.n_ctx - new_tokens)
-    runs = [model.speed(ids[:prompt].tolist(), new_tokens) for _ in range(repeats)]
-    med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
-    return {**{k: round(v, 1) for k, v in med.items()}, "prompt_tokens": prompt, "new_tokens": new_tokens,
-            "repeats": repeats, "threads": int(os.environ.get("CLLM_THREADS", "1")),
-            "process_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "label": "measured: llama.cpp on this host's CPU"}
+    return runner_speed(model, ids, prompt, new_tokens, repeats, int(os.environ.get("CLLM_THREADS", "1")),
+                        "measured: llama.cpp on this host's CPU")

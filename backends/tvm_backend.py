@@ -104,11 +104,6 @@ def models(folder: Path, seqlen: int, probe: bool = False) -> dict[str, Any]:
 
 def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Median prefill/decode tokens/s of a TvmModel on this host (measured, not estimated)."""
-    import psutil
-    prompt = min(prompt, model.n_ctx - new_tokens)
-    runs = [model.speed(ids[:prompt].tolist(), new_tokens) for _ in range(repeats)]
-    med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
-    return {**{k: round(v, 1) for k, v in med.items()}, "prompt_tokens": prompt, "new_tokens": new_tokens,
-            "repeats": repeats, "threads": int(os.environ.get("TVM_NUM_THREADS", "1")),
-            "process_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "label": "measured: TVM on this host's CPU"}
+    from ..evaluate import runner_speed
+    return runner_speed(model, ids, prompt, new_tokens, repeats, int(os.environ.get("TVM_NUM_THREADS", "1")),
+                        "measured: TVM on this host's CPU")

@@ -128,3 +128,15 @@ def merge_results(parts: list[tuple[EvalResult, np.ndarray | None, np.ndarray | 
         r.kld_mean, r.kld_p99 = float(k.mean()), float(np.quantile(k, 0.99))
         r.top1_agree = float(np.concatenate([p[2] for p in parts]).mean())
     return r
+
+
+def runner_speed(model: object, ids: torch.Tensor, prompt: int, new_tokens: int, repeats: int,
+                 threads: int, label: str) -> dict[str, object]:
+    """Median prefill/decode tokens/s of a backend runner (`model.speed(prompt_ids, n)`), measured."""
+    import psutil
+    prompt = min(prompt, model.n_ctx - new_tokens)  # type: ignore[attr-defined]
+    runs = [model.speed(ids[:prompt].tolist(), new_tokens) for _ in range(repeats)]  # type: ignore[attr-defined]
+    med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+    return {**{k: round(v, 1) for k, v in med.items()}, "prompt_tokens": prompt, "new_tokens": new_tokens,
+            "repeats": repeats, "threads": threads,
+            "process_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1), "label": label}
