@@ -32,6 +32,14 @@ def tvm_target(target: Any) -> dict[str, Any]:
     return dict(t)
 
 
+def decode_int8(target: Any) -> bool:
+    """Targets whose table says decode_activations = "int8" (and whose CPU has VNNI) quantize
+    activations to int8 in the decode GEMV, as llama.cpp does; prefill stays fp32.
+    CLLM_DECODE_ACTIVATIONS=f32 turns it off for a build."""
+    wanted = os.environ.get("CLLM_DECODE_ACTIVATIONS", target.extra.get("decode_activations", "f32"))
+    return wanted == "int8" and "avx512_vnni" in target.extra.get("isa", [])
+
+
 def write_weights(path: Path, params: list[tuple[str, np.ndarray]]) -> None:
     from safetensors.numpy import save_file
     with atomic_path(path) as tmp:
@@ -66,12 +74,14 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
         return build_package(model, folder, target, max_len, progress)
     pkg = folder / PACKAGE_DIR
     pkg.mkdir(exist_ok=True)
-    low = lower(model, max_len, progress)
+    int8 = decode_int8(target)
+    low = lower(model, max_len, progress, decode_int8=int8)
     ex = compile_module(low, tvm_target(target), progress)
     with atomic_path(pkg / LIBRARY) as tmp:
         ex.export_library(str(tmp))
     write_weights(pkg / WEIGHTS, low.params)
-    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY), indent=1).encode())
+    extra = {"decode_activations": "int8 (AVX-512 VNNI) for <= 4-bit weights" if int8 else "f32"}
+    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY, extra), indent=1).encode())
     size = sum(f.stat().st_size for f in pkg.iterdir())
     wbytes = (pkg / WEIGHTS).stat().st_size
     return {"backend": "tvm", "file": PACKAGE_DIR + "/", "bytes": size, "bits_per_weight": size * 8 / model.num_params,

@@ -39,8 +39,10 @@ def check_model(model: Model, formats: tuple[str, ...] | None = None) -> dict[st
     return lays
 
 
-def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str], None] | None = None) -> Lowered:
-    """The Relax module and its parameter arrays (weights stay in their compressed layout)."""
+def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str], None] | None = None,
+          decode_int8: bool = False) -> Lowered:
+    """The Relax module and its parameter arrays (weights stay in their compressed layout).
+    `decode_int8`: decode GEMVs of <= 4-bit weights use int8 activations (AVX-512 VNNI, tvm_vnni)."""
     from .tvm_model import LlamaTVM, inv_freq
     cfg = model.config
     if cfg.arch not in ("llama", "mistral", "qwen2"):
@@ -53,7 +55,7 @@ def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str]
             progress(f"lowering weights {i + 1}/{len(nodes)}")
         key = _param_key(node.name)
         if node.role in LINEAR_ROLES or node.role in ("embed", "lm_head"):
-            lays[node.name], arrs = lower_weight(node.rep, node.shape, node.name)
+            lays[node.name], arrs = lower_weight(node.rep, node.shape, node.name, vnni=decode_int8)
             arrays.update({f"{key}.{k}": v for k, v in arrs.items()})
         else:
             arrays[key] = node.rep.decode().numpy().astype(np.float32)

@@ -31,7 +31,7 @@ def schedule_module(mod: Any, target: Any) -> Any:
             continue
         name = _kernel_name(func)
         sch = None
-        if name.startswith("matmul"):
+        if name.startswith("matmul") and not int(func.attrs.get("cllm.vnni", 0)):
             sch = _matmul_cpu(func)
         elif name == "attention":
             sch = _attention_cpu(func)

@@ -108,6 +108,51 @@ def test_attention_kernel_matches_torch():
     assert np.abs(out.numpy() - ref.transpose(0, 1).numpy()).max() < 1e-5
 
 
+@pytest.mark.parametrize("zero", ["int", "sym", "float"])
+def test_vnni_gemv_matches_int8_activation_reference(zero):
+    """The VNNI decode GEMV equals a numpy model of it (per-block int8 activations, integer dot
+    products) to fp32 rounding, and the float product to the int8 error."""
+    rep = _quant(192, 576, 4, 128, zero)
+    lay, arrs = lower_weight(rep, (192, 576), "w", vnni=True)
+    assert lay.vnni and lay.tag.endswith("v")
+    x = RNG.standard_normal((1, 576)).astype(np.float32)
+    got = _run(K.matmul(lay, 1), [x, *[arrs[s] for s, _, _ in lay.arrays()]], (1, 192))
+    blocks = x.reshape(-1, 64)  # B = gcd(128, 576) = 64
+    sa = np.abs(blocks).max(1, keepdims=True) / 127
+    xq = (np.round(blocks / sa) * sa).reshape(1, -1)
+    w = rep.decode().numpy().astype(np.float64)
+    assert np.abs(got - xq @ w.T).max() <= 1e-4 * np.abs(xq @ w.T).max()
+    ref = x.astype(np.float64) @ w.T
+    assert np.abs(got - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+def test_vnni_layout_decodes_in_the_prefill_kernels():
+    rep = _quant(64, 256, 3, 64, "int")
+    lay, arrs = lower_weight(rep, (64, 256), "w", vnni=True)
+    x = RNG.standard_normal((4, 256)).astype(np.float32)
+    got = _run(_matmul_cpu(K.matmul(lay)).mod["main"], [x, *[arrs[s] for s, _, _ in lay.arrays()]], (4, 64))
+    ref = x.astype(np.float64) @ rep.decode().numpy().T.astype(np.float64)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_int8_decode_is_the_default_on_x86_and_close_to_torch(tiny_dir, tmp_path, monkeypatch):
+    import json
+    from cllm_compiler.backends.tvm_run import TvmModel
+    from cllm_compiler.validate import compare_logits
+    monkeypatch.delenv("CLLM_DECODE_ACTIVATIONS")
+    res = _compile_x86(tiny_dir, tmp_path / "a", "quant{bits=4,group=64},entropy")
+    man = json.loads((res.out / "tvm" / "tvm.json").read_text())
+    assert man["decode_activations"].startswith("int8") and "q4g64zv" in man["kernels"]
+    ids = torch.randint(0, 512, (64,), generator=torch.Generator().manual_seed(1))
+    ref = _torch_logits(res.out, ids)
+    tm = TvmModel(res.out / "tvm")
+    tm.logits(ids[:1].tolist(), last_only=True)
+    steps = [torch.from_numpy(tm.logits(ids[:1].tolist()))[0]]
+    steps += [torch.from_numpy(tm._run("decode", [int(ids[p])], p)[0]) for p in range(1, 64)]
+    q = compare_logits(ref, torch.stack(steps), ids)
+    assert q["kld_mean"] < 0.01 and abs(q["ppl_device"] / q["ppl_torch"] - 1) < 0.02, q
+
+
 def _compile_x86(src: Path, out: Path, pipe: str, **kw):
     return compile_model(src, get_target("x86-avx512"), parse_pipeline(pipe), out, seqlen=128, **kw)
 

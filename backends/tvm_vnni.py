@@ -1,0 +1,125 @@
+"""Decode GEMV with int8 activations and AVX-512 VNNI (`vpdpbusd`: 64 u8 x s8 products per instruction).
+
+Per scale block j of B = gcd(group, K) inputs, activations are quantized to int8 with one fp32
+scale (max |a| / 127, as llama.cpp's Q8 activations), then
+
+    P[j, n] = sa[j] * sum_k code[k, n] * aq[k]               integer dot products, 4 codes per lane
+    C[n]    = sum_j s[j, n] * (P[j, n] - zero[j, n] * sa[j] * sum_k aq[k])      (+ min * ... for mins)
+
+The weights are the same 4-bit codes (tvm_layout.pack_vnni puts 4 consecutive codes of a column in
+one 32-bit lane). Written with explicit vectors: no schedule applies to it. Only decode (one token)
+uses it; prefill and evaluation keep fp32 activations. x86 with avx512_vnni only.
+"""
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .tvm_layout import Layout
+
+
+def gemv_vnni(lay: Layout) -> tirx.PrimFunc:
+    K, N, G = lay.k, lay.n, lay.group
+    B = math.gcd(G, K)
+    J, NT, NG, KB8 = K // B, N // 16, lay.ngroups, B // 8
+    zero_kind = lay.zero
+    half = float(1 << (lay.bits - 1))
+    if zero_kind == "sym":
+        return _sym(K, N, G, B, J, NT, NG, KB8, half)
+    return _with_array(K, N, G, B, J, NT, NG, KB8, zero_kind == "float")
+
+
+def _quantize_activations():  # the shared prologue, as a TVMScript macro
+    @T.macro
+    def quantize(A, aq, sa, asum, J: int, B: int):
+        for j in range(J):
+            mx = T.alloc_buffer((1,), "float32", scope="local")
+            mx[0] = T.float32(1e-30)
+            for k in range(B):
+                mx[0] = T.max(mx[0], T.fabs(A[0, j * B + k]))
+            sa[j] = mx[0] / T.float32(127.0)
+            tot = T.alloc_buffer((1,), "int32", scope="local")
+            tot[0] = 0
+            for k in range(B):
+                v = T.Cast("int32", T.round(A[0, j * B + k] / sa[j]))
+                aq[j * B + k] = T.Cast("int8", v)
+                tot[0] = tot[0] + v
+            asum[j] = T.Cast("float32", tot[0]) * sa[j]
+    return quantize
+
+
+def _dot_macro():
+    @T.macro
+    def dot(Q, aq, acc, nt, j, KB8: int):
+        acc[T.ramp(0, 1, 16)] = T.broadcast(0, 16)
+        for kb in range(KB8):
+            kk = j * KB8 + kb
+            v = T.reinterpret("int32x16", Q[nt, kk, T.ramp(0, 1, 64)])
+            lo = T.bitwise_and(v, T.broadcast(0x0F0F0F0F, 16))
+            hi = T.bitwise_and(T.shift_right(v, T.broadcast(4, 16)), T.broadcast(0x0F0F0F0F, 16))
+            a_lo = T.broadcast(T.reinterpret("int32", aq[T.ramp(kk * 8, 1, 4)]), 16)
+            a_hi = T.broadcast(T.reinterpret("int32", aq[T.ramp(kk * 8 + 4, 1, 4)]), 16)
+            acc[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(0, 1, 16)],
+                T.reinterpret("int8x64", lo), T.reinterpret("int8x64", a_lo))
+            acc[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(0, 1, 16)],
+                T.reinterpret("int8x64", hi), T.reinterpret("int8x64", a_hi))
+    return dot
+
+
+def _with_array(K: int, N: int, G: int, B: int, J: int, NT: int, NG: int, KB8: int, mins: bool) -> tirx.PrimFunc:
+    quantize, dot = _quantize_activations(), _dot_macro()
+
+    @T.prim_func(private=True, s_tir=False)
+    def gemv(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
+             S: T.Buffer((NT, NG, 16), "float16"), Z: T.Buffer((NT, NG, 16), "float16"),
+             C: T.Buffer((1, N), "float32")) -> None:
+        T.func_attr({"tirx.noalias": True})
+        aq = T.alloc_buffer((K,), "int8")
+        sa = T.alloc_buffer((J,), "float32")
+        asum = T.alloc_buffer((J,), "float32")
+        quantize(A, aq, sa, asum, J, B)
+        for nt in T.parallel(NT):
+            out = T.alloc_buffer((16,), "float32", scope="local")
+            acc = T.alloc_buffer((16,), "int32", scope="local")
+            out[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+            for j in range(J):
+                dot(Q, aq, acc, nt, j, KB8)
+                g = (j * B) // G
+                p = T.Cast("float32x16", acc[T.ramp(0, 1, 16)]) * T.broadcast(sa[j], 16)
+                s = T.Cast("float32x16", S[nt, g, T.ramp(0, 1, 16)])
+                zm = T.Cast("float32x16", Z[nt, g, T.ramp(0, 1, 16)]) * T.broadcast(asum[j], 16)
+                if mins:
+                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * p + zm
+                else:
+                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (p - zm)
+            C[0, T.ramp(nt * 16, 1, 16)] = out[T.ramp(0, 1, 16)]
+    return gemv
+
+
+def _sym(K: int, N: int, G: int, B: int, J: int, NT: int, NG: int, KB8: int, half: float) -> tirx.PrimFunc:
+    quantize, dot = _quantize_activations(), _dot_macro()
+
+    @T.prim_func(private=True, s_tir=False)
+    def gemv(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
+             S: T.Buffer((NT, NG, 16), "float16"), C: T.Buffer((1, N), "float32")) -> None:
+        T.func_attr({"tirx.noalias": True})
+        aq = T.alloc_buffer((K,), "int8")
+        sa = T.alloc_buffer((J,), "float32")
+        asum = T.alloc_buffer((J,), "float32")
+        quantize(A, aq, sa, asum, J, B)
+        for nt in T.parallel(NT):
+            out = T.alloc_buffer((16,), "float32", scope="local")
+            acc = T.alloc_buffer((16,), "int32", scope="local")
+            out[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+            for j in range(J):
+                dot(Q, aq, acc, nt, j, KB8)
+                g = (j * B) // G
+                p = T.Cast("float32x16", acc[T.ramp(0, 1, 16)]) * T.broadcast(sa[j], 16)
+                s = T.Cast("float32x16", S[nt, g, T.ramp(0, 1, 16)])
+                out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (p - T.broadcast(T.float32(half) * asum[j], 16))
+            C[0, T.ramp(nt * 16, 1, 16)] = out[T.ramp(0, 1, 16)]
+    return gemv
