@@ -137,12 +137,15 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
         ng = -(-k // 128)
         rep = Quantized(rng.integers(0, 16, (n, k)).astype(np.uint8), (rng.random((n, ng)) * .02).astype(np.float16),
                         rng.integers(0, 16, (n, ng)).astype(np.uint8), 4, 128)
-        lay, arrs = lower_weight(rep, (n, k), "w")
-        lib = tvm.compile(tvm.IRModule({"main": _matmul_cpu(K.matmul(lay, 1)).mod["main"].with_attr("global_symbol", "main")}),
-                          target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
         x = rng.standard_normal((1, k)).astype(np.float32)
-        targs = [tvm.runtime.tensor(a) for a in [x, *[arrs[s] for s, _, _ in lay.arrays()], np.zeros((1, n), np.float32)]]
-        timer = lib.mod.time_evaluator("main", tvm.cpu(), number=20, repeat=1)
+        timers = {}
+        for name, vnni in (("tvm", False), ("tvm-int8-vnni", True)):
+            lay, arrs = lower_weight(rep, (n, k), "w", vnni=vnni)
+            func = K.matmul(lay, 1) if vnni else _matmul_cpu(K.matmul(lay, 1)).mod["main"]
+            lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                              target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+            targs = [tvm.runtime.tensor(a) for a in [x, *[arrs[s] for s, _, _ in lay.arrays()], np.zeros((1, n), np.float32)]]
+            timers[name] = (lib.mod.time_evaluator("main", tvm.cpu(), number=20, repeat=1), targs)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(quantize(build_graph({"w": rep.decode().numpy()}), "rtn", 4, 128).SerializeToString(),
@@ -154,9 +157,10 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
             w = (codes.astype(np.float32) - np.repeat(zeros, 128, 1)[:, :k]) * np.repeat(scales.astype(np.float32), 128, 1)[:, :k]
             x @ w.T
 
-        t = {"tvm": [], "numpy-dequant": [], "onnxruntime-MatMulNBits": []}
+        t = {"tvm": [], "tvm-int8-vnni": [], "numpy-dequant": [], "onnxruntime-MatMulNBits": []}
         for _ in range(args.rounds):
-            t["tvm"].append(timer(*targs).mean * 1e6)
+            for name, (timer, targs) in timers.items():
+                t[name].append(timer(*targs).mean * 1e6)
             t0 = time.perf_counter(); [sess.run(None, feed) for _ in range(20)]
             t["onnxruntime-MatMulNBits"].append((time.perf_counter() - t0) / 20 * 1e6)
             t0 = time.perf_counter(); [numpy_path() for _ in range(3)]
@@ -178,9 +182,11 @@ def report(facts: dict[str, dict], kern: dict[str, dict], args: argparse.Namespa
         lines.append(f"| {k} | {f['bpw']:.3f} | {f['ppl']:.3f} | {f['kld_mean']:.4f} | {f['top1_agree']:.4f} | "
                      f"{f['decode_tok_s']:.1f} | {f['decode_vs_Q4_0']:.2f}x | {f['decode_vs_Q4_K_M']:.2f}x |")
     lines += ["", "GEMV kernel, int4 g128, batch 1, 1 thread (median us):", "",
-              "| N x K | TVM (cllm) | numpy after dequantize | onnxruntime MatMulNBits |", "|---|---|---|---|"]
+              "| N x K | TVM fp32 act. | TVM int8 act. (VNNI, decode default) | numpy after dequantize | "
+              "onnxruntime MatMulNBits |", "|---|---|---|---|---|"]
     for shape, t in kern.items():
-        lines.append(f"| {shape} | {t['tvm']:.1f} | {t['numpy-dequant']:.0f} | {t['onnxruntime-MatMulNBits']:.1f} |")
+        lines.append(f"| {shape} | {t['tvm']:.1f} | {t['tvm-int8-vnni']:.1f} | {t['numpy-dequant']:.0f} | "
+                     f"{t['onnxruntime-MatMulNBits']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,16 +199,24 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prepare-only", action="store_true", help="build the files and stop")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="re-lower and re-time; keep quality and kernel numbers from the last results")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     res = ROOT / "bench" / "results"
-    kern = kernels(args)  # first: quick, and a failure here should not cost the long runs
+    old = json.loads((res / "tvm_bench.json").read_text()) if args.speed_only else None
+    kern = kernels(args)  # first: quick, and a failure here costs nothing long
     facts = prepare(args)
     if args.prepare_only:
         return
-    quality(args, facts)
+    if old:  # quality comes from the fp32 prefill path, which --speed-only runs do not change
+        for k, f in facts.items():
+            f.update({m: old["files"][k][m] for m in ("ppl", "kld_mean", "top1_agree")})
+        facts["_reference"] = old["files"]["_reference"]
+    else:
+        quality(args, facts)
     speed(args, facts)
     (res / "tvm_bench.json").write_text(json.dumps({"files": facts, "kernels": kern}, indent=1))
     text = report(facts, kern, args)
