@@ -1,5 +1,5 @@
 """Numerical checks of cross-compiled CPU kernels: build one kernel for aarch64 (Jetson's
-Cortex-A78AE), link it statically with native/kernel_runner.c, run it under qemu-aarch64 and
+Cortex-A78AE), link it statically with kernel_runner.c, run it under qemu-aarch64 and
 compare with numpy. No aarch64 TVM runtime is needed: the runner passes DLTensors straight to
 the kernel's packed-function entry point."""
 from __future__ import annotations
@@ -36,7 +36,7 @@ def build_runner(func: Any, workdir: Path, target: dict[str, Any] = AARCH64) -> 
                            hint="apt-get install gcc-aarch64-linux-gnu qemu-user")
     obj = workdir / "kernel.o"
     tvm.tirx.build(func.with_attr("global_symbol", "main"), target=tvm.target.Target(target)).write_to_file(str(obj))
-    src = resources.files(__package__).joinpath("native/kernel_runner.c")
+    src = resources.files(__package__).joinpath("kernel_runner.c")
     exe = workdir / "kernel_runner"
     inc = Path(tvm_ffi.__file__).parent / "include"
     res = subprocess.run([CROSS_CC, "-O2", "-static", f"-I{inc}", str(src), str(obj), "-o", str(exe), "-lm"],
