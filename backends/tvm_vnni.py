@@ -24,11 +24,22 @@ def gemv_vnni(lay: Layout) -> tirx.PrimFunc:
     K, N, G = lay.k, lay.n, lay.group
     B = math.gcd(G, K)
     J, NT, NG, KB8 = K // B, N // 16, lay.ngroups, B // 8
-    zero_kind = lay.zero
-    half = float(1 << (lay.bits - 1))
-    if zero_kind == "sym":
-        return _sym(K, N, G, B, J, NT, NG, KB8, half)
-    return _with_array(K, N, G, B, J, NT, NG, KB8, zero_kind == "float")
+    body = _body_macro(K, G, B, J, NT, KB8, lay.zero, float(1 << (lay.bits - 1)))
+    if lay.zero == "sym":  # no zero-point array: the signature differs, the body is shared
+        @T.prim_func(private=True, s_tir=False)
+        def gemv_sym(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
+                     S: T.Buffer((NT, NG, 16), "float16"), C: T.Buffer((1, N), "float32")) -> None:
+            T.func_attr({"tirx.noalias": True})
+            body(A, Q, S, S, C)  # Z is never read for "sym"
+        return gemv_sym
+
+    @T.prim_func(private=True, s_tir=False)
+    def gemv(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
+             S: T.Buffer((NT, NG, 16), "float16"), Z: T.Buffer((NT, NG, 16), "float16"),
+             C: T.Buffer((1, N), "float32")) -> None:
+        T.func_attr({"tirx.noalias": True})
+        body(A, Q, S, Z, C)
+    return gemv
 
 
 def _quantize_activations():  # the shared prologue, as a TVMScript macro
@@ -70,14 +81,13 @@ def _dot_macro():
     return dot
 
 
-def _with_array(K: int, N: int, G: int, B: int, J: int, NT: int, NG: int, KB8: int, mins: bool) -> tirx.PrimFunc:
+def _body_macro(K: int, G: int, B: int, J: int, NT: int, KB8: int, zero: str, half: float):
+    """Quantize the activations, then per 16-column tile: integer dots per block, scaled and
+    zero-corrected in fp32. `zero` (sym | int | float) is a Python constant: one branch is emitted."""
     quantize, dot = _quantize_activations(), _dot_macro()
 
-    @T.prim_func(private=True, s_tir=False)
-    def gemv(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
-             S: T.Buffer((NT, NG, 16), "float16"), Z: T.Buffer((NT, NG, 16), "float16"),
-             C: T.Buffer((1, N), "float32")) -> None:
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(A, Q, S, Z, C):
         aq = T.alloc_buffer((K,), "int8")
         sa = T.alloc_buffer((J,), "float32")
         asum = T.alloc_buffer((J,), "float32")
@@ -91,35 +101,13 @@ def _with_array(K: int, N: int, G: int, B: int, J: int, NT: int, NG: int, KB8: i
                 g = (j * B) // G
                 p = T.Cast("float32x16", acc[T.ramp(0, 1, 16)]) * T.broadcast(sa[j], 16)
                 s = T.Cast("float32x16", S[nt, g, T.ramp(0, 1, 16)])
-                zm = T.Cast("float32x16", Z[nt, g, T.ramp(0, 1, 16)]) * T.broadcast(asum[j], 16)
-                if mins:
-                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * p + zm
+                if zero == "sym":
+                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (p - T.broadcast(T.float32(half) * asum[j], 16))
+                elif zero == "float":
+                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * p + \
+                        T.Cast("float32x16", Z[nt, g, T.ramp(0, 1, 16)]) * T.broadcast(asum[j], 16)
                 else:
-                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (p - zm)
+                    out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (
+                        p - T.Cast("float32x16", Z[nt, g, T.ramp(0, 1, 16)]) * T.broadcast(asum[j], 16))
             C[0, T.ramp(nt * 16, 1, 16)] = out[T.ramp(0, 1, 16)]
-    return gemv
-
-
-def _sym(K: int, N: int, G: int, B: int, J: int, NT: int, NG: int, KB8: int, half: float) -> tirx.PrimFunc:
-    quantize, dot = _quantize_activations(), _dot_macro()
-
-    @T.prim_func(private=True, s_tir=False)
-    def gemv(A: T.Buffer((1, K), "float32"), Q: T.Buffer((NT, K // 8, 64), "uint8"),
-             S: T.Buffer((NT, NG, 16), "float16"), C: T.Buffer((1, N), "float32")) -> None:
-        T.func_attr({"tirx.noalias": True})
-        aq = T.alloc_buffer((K,), "int8")
-        sa = T.alloc_buffer((J,), "float32")
-        asum = T.alloc_buffer((J,), "float32")
-        quantize(A, aq, sa, asum, J, B)
-        for nt in range(NT):
-            out = T.alloc_buffer((16,), "float32", scope="local")
-            acc = T.alloc_buffer((16,), "int32", scope="local")
-            out[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
-            for j in range(J):
-                dot(Q, aq, acc, nt, j, KB8)
-                g = (j * B) // G
-                p = T.Cast("float32x16", acc[T.ramp(0, 1, 16)]) * T.broadcast(sa[j], 16)
-                s = T.Cast("float32x16", S[nt, g, T.ramp(0, 1, 16)])
-                out[T.ramp(0, 1, 16)] = out[T.ramp(0, 1, 16)] + s * (p - T.broadcast(T.float32(half) * asum[j], 16))
-            C[0, T.ramp(nt * 16, 1, 16)] = out[T.ramp(0, 1, 16)]
-    return gemv
+    return body
