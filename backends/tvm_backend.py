@@ -79,14 +79,20 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
     ex = compile_module(low, tvm_target(target), progress)
     with atomic_path(pkg / LIBRARY) as tmp:
         ex.export_library(str(tmp))
-    write_weights(pkg / WEIGHTS, low.params)
     extra = {"decode_activations": "int8 (AVX-512 VNNI) for <= 4-bit weights" if int8 else "f32"}
-    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY, extra), indent=1).encode())
+    return finish_package(model, low, target, pkg, LIBRARY, extra, low.notes,
+                          f"TVM Relax VM on this host ({platform.machine()}), target {tvm_target(target)}")
+
+
+def finish_package(model: Model, low: Any, target: Any, pkg: Path, library: str, extra: dict[str, Any],
+                   notes: list[str], runtime: str) -> dict[str, Any]:
+    """Write the weights and tvm.json beside the library; return the lowering facts for the report."""
+    write_weights(pkg / WEIGHTS, low.params)
+    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, library, extra), indent=1).encode())
     size = sum(f.stat().st_size for f in pkg.iterdir())
-    wbytes = (pkg / WEIGHTS).stat().st_size
     return {"backend": "tvm", "file": PACKAGE_DIR + "/", "bytes": size, "bits_per_weight": size * 8 / model.num_params,
-            "weights_bytes": wbytes, "tensor_types": kernel_counts(low), "notes": low.notes,
-            "runtime": f"TVM Relax VM on this host ({platform.machine()}), target {tvm_target(target)}"}
+            "weights_bytes": (pkg / WEIGHTS).stat().st_size, "tensor_types": kernel_counts(low), "notes": notes,
+            "runtime": runtime}
 
 
 def kernel_counts(low: Any) -> dict[str, int]:

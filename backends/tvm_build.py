@@ -25,18 +25,12 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
-def check_model(model: Model, formats: tuple[str, ...] | None = None) -> dict[str, Layout]:
-    """Each matmul weight's layout, or a BackendError naming the tensor, before any build starts."""
-    from .tvm_layout import FORMATS, supported_text
-    lays: dict[str, Layout] = {}
-    for node in model:
-        if node.role in LINEAR_ROLES or node.role in ("embed", "lm_head"):
-            lays[node.name] = lower_weight(node.rep, node.shape, node.name)[0]
-            if formats is not None and lays[node.name].kind not in formats:
-                raise BackendError(f"'{lays[node.name].kind}' weights are not supported on this target", tensor=node.name,
-                                   hint=f"this target's TVM kernels read: {', '.join(formats)} (all: {', '.join(FORMATS)}; "
-                                        f"{supported_text()})")
-    return lays
+MATMUL_ROLES = LINEAR_ROLES | {"embed", "lm_head"}  # weights the kernels read compressed
+
+
+def check_model(model: Model) -> dict[str, Layout]:
+    """Each matmul weight's layout, or a BackendError naming the tensor, without building anything."""
+    return {n.name: lower_weight(n.rep, n.shape, n.name)[0] for n in model if n.role in MATMUL_ROLES}
 
 
 def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str], None] | None = None,
@@ -44,9 +38,7 @@ def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str]
     """The Relax module and its parameter arrays (weights stay in their compressed layout).
     `decode_int8`: decode GEMVs of <= 4-bit weights use int8 activations (AVX-512 VNNI, tvm_vnni)."""
     from .tvm_model import LlamaTVM, inv_freq
-    cfg = model.config
-    if cfg.arch not in ("llama", "mistral", "qwen2"):
-        raise BackendError(f"the TVM backend does not build '{cfg.arch}'", hint="supported: llama, mistral, qwen2")
+    cfg = model.config  # ModelConfig admits only the Llama family, which LlamaTVM builds
     arrays: dict[str, np.ndarray] = {}
     lays: dict[str, Layout] = {}
     nodes = list(model)
@@ -54,7 +46,7 @@ def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str]
         if progress:
             progress(f"lowering weights {i + 1}/{len(nodes)}")
         key = _param_key(node.name)
-        if node.role in LINEAR_ROLES or node.role in ("embed", "lm_head"):
+        if node.role in MATMUL_ROLES:
             lays[node.name], arrs = lower_weight(node.rep, node.shape, node.name, vnni=decode_int8)
             arrays.update({f"{key}.{k}": v for k, v in arrs.items()})
         else:

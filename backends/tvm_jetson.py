@@ -12,7 +12,6 @@ targets.toml gives Orin's Cortex-A78AE with NEON, dot-product and fp16 instead.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -83,7 +82,7 @@ def build_package(model: Model, folder: Path, target: Any, max_len: int,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write folder/tvm/ for a Jetson target; return the lowering facts."""
     from tvm.support import cc
-    from .tvm_backend import PACKAGE_DIR, WEIGHTS, kernel_counts, package_manifest, tvm_target, write_weights
+    from .tvm_backend import PACKAGE_DIR, finish_package, tvm_target
     from .tvm_build import compile_module, lower
     require_tools()
     tgt = tvm_target(target)
@@ -102,15 +101,11 @@ def build_package(model: Model, folder: Path, target: Any, max_len: int,
         ex.export_library(str(tmp), fcompile=cc.cross_compiler(CROSS_CXX))
     write_bytes(pkg / SOURCE, code.encode())
     write_bytes(pkg / CUBIN, cubin)
-    write_weights(pkg / WEIGHTS, low.params)
     toolkit = nvcc_version()
     extra = {"cuda_arch": arch, "cuda_source": SOURCE, "cubin": CUBIN, "requires": device_requirements(toolkit),
              "cuda_kernels": code.count("__global__"), "device_module": DEVICE_MODULE_NOTE}
-    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, LIBRARY, extra), indent=1).encode())
-    size = sum(f.stat().st_size for f in pkg.iterdir())
-    return {"backend": "tvm", "file": PACKAGE_DIR + "/", "bytes": size, "bits_per_weight": size * 8 / model.num_params,
-            "weights_bytes": (pkg / WEIGHTS).stat().st_size, "tensor_types": kernel_counts(low),
-            "notes": low.notes + [f"{extra['cuda_kernels']} CUDA kernels compiled by nvcc {toolkit} to {arch} cubin; "
-                                  f"host code cross-compiled for aarch64 ({CROSS_CXX})",
-                                  "not run here (no Jetson attached): validate with cllm-validate --device rpc://HOST:PORT"],
-            "runtime": "Jetson Orin: TVM runtime with CUDA on the device"}
+    notes = low.notes + [f"{extra['cuda_kernels']} CUDA kernels compiled by nvcc {toolkit} to {arch} cubin; "
+                         f"host code cross-compiled for aarch64 ({CROSS_CXX})",
+                         "not run here (no Jetson attached): validate with cllm-validate --device rpc://HOST:PORT"]
+    return finish_package(model, low, target, pkg, LIBRARY, extra, notes,
+                          "Jetson Orin: TVM runtime with CUDA on the device")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import tvm
 from tvm import te, tirx, topi
 
 from .tvm_layout import Layout
@@ -32,15 +31,20 @@ def dequant(lay: Layout, arrs: list[te.Tensor], k: Any, n: Any) -> Any:
     a = {t.name.rsplit("_", 1)[1]: t for t in arrs}
     if lay.kind == "dense":
         return at(lay, a["w"], k, n).astype(F32)
-    w = _code_value(lay, a, k, n)
-    g = k // lay.group if lay.group else 0
+    return _scaled(lay, a, k // lay.group if lay.group else 0, n, _code_value(lay, a, k, n))
+
+
+def _scaled(lay: Layout, a: dict[str, te.Tensor], g: Any, n: Any, x: Any, count: Any = None) -> Any:
+    """Group g's scale and zero applied to x: a code (count None) or a sum of `count` activation-weighted
+    codes (the grouped GEMV, where the zero point is subtracted once per group as zero * sum(a))."""
     if lay.kind == "lut":
-        return w * at(lay, a["s"], g, n).astype(F32) if lay.group else w
+        return x * at(lay, a["s"], g, n).astype(F32) if lay.group else x
     s = at(lay, a["s"], g, n).astype(F32)
     if lay.zero == "float":
-        return w * s + at(lay, a["m"], g, n).astype(F32)
+        low = at(lay, a["m"], g, n).astype(F32)
+        return x * s + (low if count is None else low * count)
     zero = at(lay, a["z"], g, n).astype(F32) if lay.zero == "int" else tirx.const(float(1 << (lay.bits - 1)), F32)
-    return (w - zero) * s
+    return (x - (zero if count is None else zero * count)) * s
 
 
 def matmul(lay: Layout, m: int | None = None) -> tirx.PrimFunc:
@@ -81,17 +85,9 @@ def gemv_grouped(lay: Layout) -> tirx.PrimFunc:
         a[i, j * blk + kin] * _code_value(lay, w, j * blk + kin, n), axis=kin), name="partial")
     asum = te.compute((1, nblk), lambda i, j: te.sum(a[i, j * blk + k2], axis=k2), name="asum")
 
-    def term(i: Any, n: Any) -> Any:
-        g = (jj * blk) // lay.group if lay.group else 0
-        p = part[i, jj, n]
-        if lay.kind == "lut":
-            return p * at(lay, w["s"], g, n).astype(F32) if lay.group else p
-        s = at(lay, w["s"], g, n).astype(F32)
-        if lay.zero == "float":
-            return s * p + at(lay, w["m"], g, n).astype(F32) * asum[i, jj]
-        zero = at(lay, w["z"], g, n).astype(F32) if lay.zero == "int" else tirx.const(float(1 << (lay.bits - 1)), F32)
-        return s * (p - zero * asum[i, jj])
-    c = te.compute((1, lay.n), lambda i, n: te.sum(term(i, n), axis=jj), name="matmul")
+    g = (jj * blk) // lay.group if lay.group else 0
+    c = te.compute((1, lay.n), lambda i, n: te.sum(
+        _scaled(lay, w, g, n, part[i, jj, n], asum[i, jj]), axis=jj), name="matmul")
     return te.create_prim_func([a, *arrs, c])
 
 
@@ -188,6 +184,3 @@ def kv_append(layers: int, kv_heads: int, dim: int, max_len: int) -> tirx.PrimFu
                 cache[layer, 0, vh, vd * max_len + pos + vi] = k[vi, vh, vd]
                 cache[layer, 1, vh, (pos + vi) * dim + vd] = v[vi, vh, vd]
     return append.with_attr("cllm.kernel", "kv_append")
-
-
-__all__ = ["matmul", "embed", "rope", "attention", "last_row", "kv_append", "dequant", "tvm"]

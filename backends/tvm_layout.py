@@ -26,8 +26,6 @@ from ..errors import BackendError
 from ..reprs import Dense, Encoded, Quantized, Representation
 from ..reprs_codebook import Codebook
 
-FORMATS = ("dense", "quant", "lut")
-
 
 @dataclass(frozen=True)
 class Layout:

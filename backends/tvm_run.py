@@ -57,7 +57,6 @@ class TvmModel:
             if missing:
                 raise BackendError(f"this CPU lacks {', '.join(missing)}, which the package was compiled for",
                                    hint="run it on a machine of its target, or recompile for another target")
-        if session is None:
             self.dev = tvm.cuda() if gpu else tvm.cpu()
             lib = tvm.runtime.load_module(str(lib_path))
         else:
@@ -80,7 +79,7 @@ class TvmModel:
     def _run(self, fn: str, ids: list[int], pos: int) -> np.ndarray:
         if pos + len(ids) > self.max_len:
             raise BackendError(f"{pos + len(ids)} tokens exceed the package's context of {self.max_len}",
-                               hint="recompile with a larger --max-len")
+                               hint="the context (max_len in tvm.json) is fixed when the package is built: 2048 by default")
         tvm = self._tvm
         x = tvm.runtime.tensor(np.asarray(ids, np.int32), self.dev)
         return self.vm[fn](x, self.shape([pos]), self.cache, *self.params).numpy()

@@ -1,7 +1,7 @@
 """Hand-written schedules, no tuning: kernels find them by their `cllm.kernel` attribute.
 
-CPU (LLVM: AVX-512 on x86, NEON on aarch64): weights are [K, N] with N contiguous, so every
-matmul vectorises over output columns (`lanes` floats per tile) with contiguous loads and a
+CPU (LLVM: AVX-512 on x86, NEON on aarch64): weights are tiles of output columns, contiguous
+along N (tvm_layout), so every matmul vectorises over a tile's columns with contiguous loads and a
 broadcast activation. The GEMV (decode, m = 1) decodes each weight once, straight into the
 FMA; the GEMM (prefill) decodes a K x N tile into a small local buffer once and reuses it for
 every token row. Attention vectorises over context positions (keys are stored transposed)
@@ -13,7 +13,7 @@ from typing import Any
 
 from tvm import s_tir, tirx
 
-N_TILE, K_TILE = 64, 32   # 64 f32 = 4 zmm accumulators; a 32 x 64 decoded tile = 8 KiB, L1-resident
+K_TILE = 32   # a 32 x 64 decoded weight tile = 8 KiB, L1-resident
 
 
 def _kernel_name(func: Any) -> str:
@@ -25,7 +25,6 @@ def schedule_module(mod: Any, target: Any) -> Any:
     if target.kind.name == "cuda":
         from .tvm_schedule_cuda import schedule_module_cuda
         return schedule_module_cuda(mod, target)
-    out = mod
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
@@ -36,12 +35,7 @@ def schedule_module(mod: Any, target: Any) -> Any:
         elif name == "attention":
             sch = _attention_cpu(func)
         if sch is not None:
-            out = _replace(out, gv, sch)
-    return out
-
-
-def _replace(mod: Any, gv: Any, sch: s_tir.Schedule) -> Any:
-    mod[gv] = sch.mod["main"]
+            mod[gv] = sch.mod["main"]
     return mod
 
 
