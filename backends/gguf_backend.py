@@ -21,8 +21,10 @@ from .gguf_writer import write_gguf
 GGUF_FILE = "model.gguf"
 
 
-def lower_artifact(model: Model, folder: Path, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Write folder/model.gguf from `model` (read back from the .cllm); return the lowering facts."""
+def lower_artifact(model: Model, folder: Path, target: Any = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write folder/model.gguf from `model` (read back from the .cllm); return the lowering facts.
+    (`target`: the backend interface's; every GGUF target gets the same file.)"""
     path = folder / GGUF_FILE
     with atomic_path(path) as tmp:
         written = write_gguf(model, tmp, progress=progress)

@@ -103,19 +103,21 @@ def kernel_counts(low: Any) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def models(folder: Path, seqlen: int, probe: bool = False) -> dict[str, Any]:
-    """The package as an evaluator model when it runs on this host (a CPU build for this machine);
-    with `probe`, only whether it would (no model is loaded)."""
+def runs_here(folder: Path) -> bool:
+    """Whether the artifact holds a TVM package this host can run (a CPU build for this machine)."""
     pkg = folder / PACKAGE_DIR
     if not (pkg / "tvm.json").is_file():
-        return {}
+        return False
     man = json.loads((pkg / "tvm.json").read_text())
-    if man["tvm_target"]["kind"] != "llvm" or man["built_on"] != platform.machine() or host_missing_isa(man):
+    return man["tvm_target"]["kind"] == "llvm" and man["built_on"] == platform.machine() and not host_missing_isa(man)
+
+
+def models(folder: Path, seqlen: int) -> dict[str, Any]:
+    """The package as an evaluator model when it runs on this host."""
+    if not runs_here(folder):
         return {}
-    if probe:
-        return {"tvm": None}
     from .tvm_run import TvmModel
-    return {"tvm": TvmModel(pkg)}
+    return {"tvm": TvmModel(folder / PACKAGE_DIR)}
 
 
 def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:

@@ -16,26 +16,30 @@ import numpy as np
 from ..errors import BackendError
 
 CROSS_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
-AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae",
-           "mattr": ["+neon", "+dotprod", "+fullfp16"]}
 _DL = {"i": 0, "u": 1, "f": 2}
 
 
-def tools_available() -> list[str]:
+def jetson_host() -> dict[str, Any]:
+    """The Jetson targets' CPU (targets.toml), for which the kernels are checked."""
+    from ..targets import get_target
+    return dict(get_target("jetson-orin-nano-8gb").extra["tvm_target"]["host"])
+
+
+def missing_tools() -> list[str]:
     """The missing tools (empty when the check can run)."""
     return [t for t in (CROSS_CC, QEMU) if shutil.which(t) is None]
 
 
-def build_runner(func: Any, workdir: Path, target: dict[str, Any] = AARCH64) -> Path:
+def build_runner(func: Any, workdir: Path, target: dict[str, Any] | None = None) -> Path:
     """Compile `func` (a scheduled PrimFunc) for `target` and link the static qemu runner."""
     import tvm
     import tvm_ffi
-    missing = tools_available()
+    missing = missing_tools()
     if missing:
         raise BackendError(f"{', '.join(missing)} not found",
                            hint="apt-get install gcc-aarch64-linux-gnu qemu-user")
     obj = workdir / "kernel.o"
-    tvm.tirx.build(func.with_attr("global_symbol", "main"), target=tvm.target.Target(target)).write_to_file(str(obj))
+    tvm.tirx.build(func.with_attr("global_symbol", "main"), target=tvm.target.Target(target or jetson_host())).write_to_file(str(obj))
     src = resources.files(__package__).joinpath("kernel_runner.c")
     exe = workdir / "kernel_runner"
     inc = Path(tvm_ffi.__file__).parent / "include"

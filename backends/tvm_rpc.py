@@ -8,7 +8,6 @@ energy) is reported as "not measured" or as a labelled estimate from the target 
 from __future__ import annotations
 
 import threading
-import time
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -101,16 +100,3 @@ class RemoteSession:
 
     def close(self) -> None:
         self.model.close()
-
-
-def wait_for_server(host: str, port: int, timeout: float = 30.0) -> None:
-    """Block until something listens on host:port (used by tests and scripts that start a server)."""
-    import socket
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise BackendError(f"no RPC server on {host}:{port} after {timeout:.0f} s")

@@ -176,14 +176,10 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "streamed": manager.streamable,
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
-        if lowers and target.backend == "gguf":
-            from .backends.gguf_backend import lower_artifact
-            on_step("lowering to GGUF (model.gguf)")
-            report["lowering"] = lower_artifact(read_container(tmp / "model.cllm"), tmp)
-        elif lowers and target.backend == "tvm":
-            from .backends.tvm_backend import lower_artifact as lower_tvm
-            on_step(f"lowering to TVM ({target.extra['tvm_target']['kind']}) in tvm/")
-            report["lowering"] = lower_tvm(read_container(tmp / "model.cllm"), tmp, target)
+        if lowers:  # lowering reads the .cllm back, so the backend sees exactly what is on disk
+            on_step(f"lowering: {target.backend} backend")
+            report["lowering"] = _backend_module(target.backend).lower_artifact(
+                read_container(tmp / "model.cllm"), tmp, target)
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
             report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
@@ -196,7 +192,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     return CompileResult(out, report, stats)
 
 
-LOWERED = ("gguf", "tvm")
+LOWERED = ("gguf", "tvm")  # backends/<name>_backend.py: lower_artifact, models, speed
 
 
 def _backend_module(backend: str) -> Any:

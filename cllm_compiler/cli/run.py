@@ -40,8 +40,8 @@ def _main(argv: list[str] | None) -> int:
     setup_threads()
     from ..errors import CllmError
     gguf = args.artifact / "model.gguf"
-    from ..backends.tvm_backend import models as tvm_models
-    local_tvm = bool(args.runner in ("auto", "tvm") and tvm_models(args.artifact, 0, probe=True))
+    from ..backends.tvm_backend import runs_here
+    local_tvm = args.runner in ("auto", "tvm") and runs_here(args.artifact)
     runner = args.runner if args.runner != "auto" else ("llama.cpp" if gguf.is_file() else "tvm" if local_tvm else "torch")
     if runner == "llama.cpp" and not gguf.is_file():
         raise CllmError(f"{args.artifact} has no model.gguf", hint="compile with --target gguf-cpu, or use --runner torch")
