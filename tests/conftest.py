@@ -7,6 +7,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # TVM decode kernels exact (fp32 activations) unless a test asks for int8/VNNI: most tests compare
 # token-for-token with the torch reference on tiny random models, whose logits are nearly flat.
 os.environ.setdefault("CLLM_DECODE_ACTIVATIONS", "f32")
+# Triton kernels run in Triton's interpreter on CPU tensors (no GPU here); it must be chosen before
+# any kernel is defined. CLLM_TEST_CUDA=1 runs the same tests compiled, on a GPU (tensors on cuda).
+if os.environ.get("CLLM_TEST_CUDA") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import json
 from pathlib import Path
