@@ -13,7 +13,7 @@ mask unpack it):
   lut   f32   [nlut, 2^bits * d]     scalar (d = 1) or vector codebooks, stages stacked
   c     uint8 [stages, K / d, N]     VQ codes, one byte each (kbits <= 8)
   idx   int32 [ceil(K' / per), N]    N:M positions inside each group of M (K' = K * n / m kept)
-  w     f16   [K, N]                 dense weights (also sparse values when not quantized)
+  w     f16   [K, N]                 dense weights in the IR's dtype (also unquantized sparse values)
 
 Nothing is dequantised ahead of time: the tensors hold exactly the .cllm's codes, scales and
 codebooks, so the kernels' output equals the IR's decode up to float summation order.
@@ -58,7 +58,7 @@ class Spec:
         t = {"dense": "f16", "quant": f"q{self.bits}g{self.group}{self.zero[0]}",
              "lut": f"lut{self.bits}{'r' if self.per_row else ''}g{self.group}",
              "vq": f"vq{self.d}x{self.bits}s{self.stages}",
-             "sparse": f"{self.nm[0]}of{self.nm[1]}" + (f"q{self.bits}g{self.group}" if self.bits < 16 else "")}
+             "sparse": f"{self.nm[0]}of{self.nm[1]}" + (f"q{self.bits}g{self.group}{self.zero[0]}" if self.bits < 16 else "")}
         return t[self.kind] + (f"+r{self.rank}" if self.rank else "")
 
 
@@ -89,6 +89,11 @@ def pack_words(codes: np.ndarray, bits: int) -> torch.Tensor:
 
 def _f16t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.astype(np.float16).T))
+
+
+def _dense_t(rep: Dense) -> torch.Tensor:
+    """W^T in the IR's own dtype (f32, f16 or bf16): a kernel must not round what the IR stores."""
+    return rep.tensor().T.contiguous()
 
 
 def _quant(rep: Quantized, n: int, k: int, **extra: object) -> GpuWeight:
@@ -129,7 +134,7 @@ def _sparse(rep: Sparse, n: int, k: int) -> GpuWeight:
     if isinstance(values, Quantized):
         g = _quant(values, n, kept, kind="sparse", nm=(nn, m))
     elif isinstance(values, Dense):
-        g = GpuWeight(Spec("sparse", kept, n, 16, nm=(nn, m)), {"w": _f16t(values.decode().numpy())})
+        g = GpuWeight(Spec("sparse", kept, n, 16, nm=(nn, m)), {"w": _dense_t(values)})
     else:
         raise BackendError(f"no Triton kernel for sparse values stored as '{values.describe()}'")
     g.tensors["idx"] = pack_words(pos.astype(np.uint8), ib)
@@ -150,7 +155,7 @@ def lower_weight(rep: Representation, shape: tuple[int, int], name: str) -> GpuW
             g.tensors |= {"U": rep.u.to(torch.float16).T.contiguous(), "V": rep.v.to(torch.float16).contiguous()}
             return GpuWeight(Spec(**{**g.spec.__dict__, "rank": rep.rank}), g.tensors)
         if isinstance(rep, Dense):
-            return GpuWeight(Spec("dense", k, n), {"w": _f16t(rep.decode().numpy())})
+            return GpuWeight(Spec("dense", k, n), {"w": _dense_t(rep)})
         if isinstance(rep, Quantized):
             return _quant(rep, n, k)
         if isinstance(rep, Codebook):

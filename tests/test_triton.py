@@ -147,3 +147,87 @@ def test_every_kernel_compiles_ahead_of_time(arch):
     for k in out:
         assert k.arch == arch and k.cubin[:4] == b"\x7fELF", k.name
         assert k.ptx_target.startswith(f"sm_{arch}") and k.ptx_lines > 50, (k.name, k.ptx_target)
+
+
+def _ir(tiny_dir, tmp_path, pipeline: str):
+    from cllm_compiler.compiler import compile_model
+    from cllm_compiler.container import read_container
+    from cllm_compiler.pipeline import parse_pipeline
+    from cllm_compiler.targets import get_target
+    out = tmp_path / "art"
+    compile_model(tiny_dir, get_target("h100"), parse_pipeline(pipeline), out, lower=False)
+    return read_container(out / "model.cllm")
+
+
+@pytest.mark.parametrize("pipeline", [
+    "quant{bits=4,group=64},entropy{codec=rans}",
+    "codebook{bits=4,scope=row},quant{bits=8,match=embed}",
+    "nm{n=2,m=4,method=magnitude},quant{bits=4,group=64},quant{bits=6,match=embed}",
+    "quant{bits=3,group=64},lowrank{mode=correct,rank=8}",
+])
+def test_runtime_matches_torch_reference(tiny_dir, tmp_path, pipeline):
+    """The GPU runtime (here interpreted on the CPU) against transformers on the same IR:
+    prefill logits, then token-by-token decode through the static KV cache, batch 2."""
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.backends.triton_model import DecodeGraph, TritonLlama
+    model = _ir(tiny_dir, tmp_path, pipeline)
+    ids = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = build_torch_model(model)(ids).logits
+    net = TritonLlama(model, device=DEV, batch=2, max_len=32, dtype=torch.float32)
+    pre = net.prefill(ids[:, :8], last_only=False).cpu()
+    torch.testing.assert_close(pre, ref[:, :8], atol=2e-4, rtol=1e-4)
+    step = DecodeGraph(net)
+    for p in range(8, 11):
+        torch.testing.assert_close(step(ids[:, p], p).cpu()[:, 0], ref[:, p], atol=2e-4, rtol=1e-4)
+
+
+def test_runtime_refuses_overlong_and_overwide_input(tiny_dir, tmp_path):
+    from cllm_compiler.backends.triton_model import TritonLlama
+    net = TritonLlama(_ir(tiny_dir, tmp_path, "quant{bits=4,group=64}"), device=DEV, batch=1, max_len=8)
+    with pytest.raises(BackendError, match="exceed the KV cache"):
+        net.prefill(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(BackendError, match="batch 2"):
+        net.prefill(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_h100_package_has_sm90_kernels_for_every_weight_format(tiny_dir, tmp_path):
+    import json
+
+    from cllm_compiler.compiler import compile_model
+    from cllm_compiler.pipeline import parse_pipeline
+    from cllm_compiler.targets import get_target
+    out = tmp_path / "h100"
+    res = compile_model(tiny_dir, get_target("h100"),
+                        parse_pipeline("nm{n=2,m=4,method=magnitude,match=mlp},quant{bits=4,group=64},"
+                                       "entropy{codec=rans}"), out)
+    man = json.loads((out / "triton" / "manifest.json").read_text())
+    assert man["arch"] == "sm_90" and res.report["lowering"]["kernels"] == len(man["kernels"])
+    formats = {w["format"] for w in man["weights"].values()}
+    assert formats == {"q4g64i", "2of4q4g64i", "f16"}, formats  # attention int4, MLP 2:4+int4, f16 head
+    assert len(man["kernels"]) == 3 * 6  # 3 formats x 6 batch buckets
+    for k in man["kernels"]:
+        cubin = out / "triton" / "kernels" / f"{k['kernel']}.sm_90.cubin"
+        assert cubin.read_bytes()[:4] == b"\x7fELF" and k["ptx_target"].startswith("sm_90")
+    # what the kernels read is what the .cllm stores, repacked: int4 + scales, not a dense copy
+    assert man["kernel_bytes"] < 0.5 * 2 * res.report["params"]
+
+
+def test_unstructured_sparsity_refused_for_h100_and_nothing_written(tiny_dir, tmp_path):
+    from cllm_compiler.compiler import compile_model
+    from cllm_compiler.pipeline import parse_pipeline
+    from cllm_compiler.targets import get_target
+    with pytest.raises(BackendError, match="model.layers.0.*N:M"):
+        compile_model(tiny_dir, get_target("rtx-4090"),
+                      parse_pipeline("nm{m=0,sparsity=0.5,method=magnitude},quant{bits=4}"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cllm_run_on_cuda_without_a_gpu_says_so(tiny_artifact, monkeypatch, capsys):
+    from cllm_compiler.cli.run import main
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the device run covers --device cuda")
+    assert main([str(tiny_artifact), "--prompt", "hi", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "hint" in err

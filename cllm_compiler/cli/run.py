@@ -2,7 +2,9 @@
 
 An artifact with a lowered model.gguf runs in llama.cpp (llama-cpp-python); one with a TVM
 package built for this machine (tvm/, --target x86-avx512) runs in TVM's Relax VM with the
-compressed weights; any other runs in the PyTorch reference runner (decoded float32 weights).
+compressed weights; `--device cuda` runs any artifact on an NVIDIA GPU with cllm's Triton
+kernels reading the compressed weights in place (quant, codebook, VQ, 2:4, + low-rank; CUDA
+graphs for decode); any other runs in the PyTorch reference runner (decoded float32 weights).
 Greedy decoding.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ examples:
   cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time"          # TVM package (tvm/)
   cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time" --runner torch
   cllm-run art/ --chat "What is the capital of France?"     # applies the model's chat template
+  cllm-run out/smollm2-h100 --prompt "Once upon a time" --device cuda   # Triton kernels on the GPU
 """
 
 
@@ -34,11 +37,18 @@ def _main(argv: list[str] | None) -> int:
     g.add_argument("--prompt", help="text to continue")
     g.add_argument("--chat", help="a user message, wrapped in the model's chat template")
     ap.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
-    ap.add_argument("--runner", choices=("auto", "llama.cpp", "tvm", "torch"), default="auto",
-                    help="auto = llama.cpp for model.gguf, tvm for a TVM package built for this host, else torch")
+    ap.add_argument("--runner", choices=("auto", "llama.cpp", "tvm", "triton", "torch"), default="auto",
+                    help="auto = triton with --device cuda, llama.cpp for model.gguf, tvm for a TVM package "
+                         "built for this host, else torch")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: run on the NVIDIA GPU with the Triton kernels (needs pip install -e .[cuda])")
     args = ap.parse_args(argv)
     setup_threads()
     from ..errors import CllmError
+    if args.device == "cuda" or args.runner == "triton":
+        step(f"runner: Triton kernels on the GPU ({args.artifact / 'model.cllm'})")
+        sys.stdout.write(_generate(args.artifact, args.prompt, args.chat, args.max_tokens, gpu=True) + "\n")
+        return 0
     gguf = args.artifact / "model.gguf"
     from ..backends.tvm_backend import runs_here
     local_tvm = args.runner in ("auto", "tvm") and runs_here(args.artifact)
@@ -63,12 +73,15 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _generate(artifact: Path, prompt: str | None, chat: str | None, n: int, tvm: bool = False) -> str:
+def _generate(artifact: Path, prompt: str | None, chat: str | None, n: int, tvm: bool = False,
+              gpu: bool = False) -> str:
     import torch
 
     from ..backends.torch_ref import build_torch_model
     from ..errors import EvalError
     from ..loading import load_model
+    if gpu:
+        _check_cuda()
     model = load_model(artifact)
     if model.tokenizer is None:
         raise EvalError("the artifact has no tokenizer", hint="compile from a model folder with tokenizer.json")
@@ -85,10 +98,37 @@ def _generate(artifact: Path, prompt: str | None, chat: str | None, n: int, tvm:
         eos = model.config.eos_token_id
         out = TvmModel(artifact / "tvm").generate_ids(ids[0].tolist(), n, eos=eos)
         return tok.decode(out[:-1] if out and out[-1] == eos else out)
+    eos = model.config.eos_token_id
+    if gpu:
+        from ..backends.triton_model import TritonLlama
+        from ..backends.triton_run import generate_ids
+        max_len = min(ids.shape[1] + n + 1, model.config.max_position_embeddings)
+        net_gpu = TritonLlama(model, "cuda", batch=1, max_len=max_len)
+        out = generate_ids(net_gpu, ids[0].tolist(), n, eos=eos)
+        return tok.decode(out[:-1] if out and out[-1] == eos else out)
     net = build_torch_model(model)
     with torch.inference_mode():
         out = net.generate(ids, max_new_tokens=n, do_sample=False)
     return tok.decode(out[0, ids.shape[1]:].tolist())
+
+
+def _check_cuda() -> None:
+    import os
+
+    import torch
+
+    from ..errors import BackendError
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise BackendError("TRITON_INTERPRET is set: the kernels would run interpreted, not on the GPU",
+                           hint="unset TRITON_INTERPRET")
+    if not torch.cuda.is_available():
+        raise BackendError("no CUDA GPU is visible to PyTorch on this machine",
+                           hint="run on a machine with an NVIDIA GPU and a CUDA build of torch "
+                                "(pip install -e .[cuda]); the CPU runners need no flag")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise BackendError("triton is not installed", hint="pip install -e .[cuda]") from None
 
 
 if __name__ == "__main__":
