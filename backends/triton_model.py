@@ -25,10 +25,12 @@ PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o
 
 class TritonLlama:
     def __init__(self, model: Model, device: str | torch.device = "cuda", batch: int = 1, max_len: int = 2048,
-                 dtype: torch.dtype | None = None, progress: Callable[[str], None] | None = None) -> None:
+                 dtype: torch.dtype | None = None, progress: Callable[[str], None] | None = None,
+                 torch_dense: bool = False) -> None:
+        # torch_dense: dense weights through torch's own matmul (cuBLAS): the fp16 peer, same runtime
         self.cfg, self.device = model.config, torch.device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        self.batch, self.max_len = batch, max_len
+        self.batch, self.max_len, self.torch_dense = batch, max_len, torch_dense
         nodes = {n.name: n for n in model}
         self.w: dict[str, GpuWeight] = {}
         self.dense: dict[str, torch.Tensor] = {}
@@ -55,7 +57,8 @@ class TritonLlama:
         return sum(g.nbytes() for g in self.w.values())
 
     def _lin(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        y = matmul(x, self.w[name + ".weight"])
+        g = self.w[name + ".weight"]
+        y = x @ g.tensors["w"].to(x.dtype) if self.torch_dense and g.spec.kind == "dense" else matmul(x, g)
         bias = self.dense.get(name + ".bias")
         return y if bias is None else y + bias
 

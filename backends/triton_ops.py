@@ -34,10 +34,15 @@ def config_for(spec: Spec, m: int) -> dict[str, int]:
     return dict(table.get(spec.kind, {}).get(key) or table["default"][key])
 
 
+@functools.cache
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1  # Triton's interpreter runs programs one after another: no SMs to fill
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def split_for(spec: Spec, m: int, cfg: dict[str, int], sms: int) -> int:

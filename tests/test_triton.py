@@ -139,7 +139,7 @@ def _every_format() -> list:
     return [lower_weight(r, (N, K), f"w{i}").spec for i, r in enumerate(reps)]
 
 
-@pytest.mark.parametrize("arch", [80, 87, 90])
+@pytest.mark.parametrize("arch", [80, 87, 89, 90])  # A100, Jetson Orin, RTX 4090, H100
 def test_every_kernel_compiles_ahead_of_time(arch):
     from cllm_compiler.backends.triton_aot import compile_all
     out = compile_all(_every_format(), arch, batches=(1, 16))
