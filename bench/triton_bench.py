@@ -3,6 +3,7 @@ limit and against torch's own kernels, then SmolLM2 end to end (tokens/s, J/toke
 
   python bench/triton_bench.py --out bench/results/triton_bench          # everything, ~5 GPU-minutes
   python bench/triton_bench.py --kernels-only                             # GEMV/GEMM table only
+  TRITON_INTERPRET=1 python bench/triton_bench.py --smoke --kernels-only  # CPU: checks the script, times nothing real
 
 Method (../shared/README.md, H100 facts): every timing is a CUDA graph of 20 calls replayed and
 timed with CUDA events, median of 7 interleaved rounds (ours and each peer alternate); weights
@@ -31,10 +32,17 @@ from cllm_compiler.reprs_sparse import Sparse  # noqa: E402
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (576, 576), (1536, 576), (576, 1536)]  # (N out, K in)
 BATCHES = [1, 2, 4, 8, 16, 32, 64]
 L2_BYTES = 50 << 20
+DEV = "cuda"
+ACT = torch.float16
 
 
 def graph_time(fn, reps: int = 20) -> float:
-    """Seconds per call of fn(), from a CUDA graph of `reps` calls."""
+    """Seconds per call of fn(), from a CUDA graph of `reps` calls (wall clock in --smoke mode)."""
+    if DEV != "cuda":
+        import time
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -58,7 +66,9 @@ def rotating(make, nbytes: int) -> list:
     return [make() for _ in range(max(2, -(-3 * L2_BYTES // max(nbytes, 1))))]
 
 
-def copy_bandwidth() -> float:
+def copy_bandwidth() -> float | None:
+    if DEV != "cuda":
+        return None
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     return 2 * x.numel() / min(graph_time(lambda: y.copy_(x), 5) for _ in range(5))
@@ -82,6 +92,8 @@ def torch_int4(w: torch.Tensor):
     """torch's built-in int4 weight-only kernel (tinygemm), group 128, or None where unavailable."""
     try:
         n, k = w.shape
+        if DEV != "cuda":
+            raise RuntimeError("tinygemm is a CUDA kernel")
         q = torch.randint(0, 16, (n, k), dtype=torch.int32, device="cuda")
         packed = torch.ops.aten._convert_weight_to_int4pack(q, 8)
         sz = torch.rand(k // 128, n, 2, dtype=torch.bfloat16, device="cuda")
@@ -95,12 +107,12 @@ def bench_kernels(rounds: int) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for n, k in SHAPES:
-        fmts = {name: lower_weight(rep, (n, k), name).to("cuda") for name, rep in formats(n, k, rng).items()}
-        dense = rotating(lambda: torch.randn(n, k, dtype=torch.float16, device="cuda"), 2 * n * k)
-        ours = {name: rotating(lambda g=g: g.to("cuda"), g.nbytes()) for name, g in fmts.items()}
+        fmts = {name: lower_weight(rep, (n, k), name).to(DEV) for name, rep in formats(n, k, rng).items()}
+        dense = rotating(lambda: torch.randn(n, k, dtype=ACT, device=DEV), 2 * n * k)
+        ours = {name: rotating(lambda g=g: g.to(DEV), g.nbytes()) for name, g in fmts.items()}
         peer_int4 = torch_int4(dense[0])
         for m in BATCHES:
-            x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+            x = torch.randn(m, k, dtype=ACT, device=DEV)
             xb = x.to(torch.bfloat16)
             times: dict[str, list[float]] = {}
             for _ in range(rounds):  # interleaved: every candidate once per round
@@ -124,17 +136,18 @@ def bench_kernels(rounds: int) -> list[dict]:
     return rows
 
 
-def check_correct_at_real_shapes() -> list[dict]:
+def check_correct_at_real_shapes(shapes: list[tuple[int, int]]) -> list[dict]:
     rng = np.random.default_rng(1)
     out = []
-    for n, k in [(4096, 4096), (14336, 4096)]:
+    for n, k in shapes:
         for name, rep in formats(n, k, rng).items():
-            g = lower_weight(rep, (n, k), name).to("cuda")
-            x = torch.randn(16, k, device="cuda", dtype=torch.float16)
-            ref = x.float() @ rep.decode().cuda().T
+            g = lower_weight(rep, (n, k), name).to(DEV)
+            x = torch.randn(16, k, device=DEV, dtype=ACT)
+            ref = x.float() @ rep.decode().to(DEV).T
             for m in (1, 16):
                 err = ((matmul(x[:m], g).float() - ref[:m]).abs().max() / ref[:m].abs().max()).item()
                 out.append({"n": n, "k": k, "format": name, "batch": m, "rel_max_err": err})
+                print(json.dumps(out[-1]), flush=True)
     return out
 
 
@@ -143,12 +156,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/triton_bench"))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--kernels-only", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one round: checks the script (CPU ok)")
     args = ap.parse_args()
+    global DEV, ACT, SHAPES, BATCHES, L2_BYTES
+    if args.smoke:
+        SHAPES, BATCHES, L2_BYTES, args.rounds = [(96, 256)], [1, 16], 0, 1
     if not torch.cuda.is_available():
-        print("error: no CUDA GPU here; run this through the device tool (bench/README.md, Issue 7)", file=sys.stderr)
-        return 2
-    res = {"device": torch.cuda.get_device_name(), "copy_bandwidth_gbs": round(copy_bandwidth() / 1e9, 1),
-           "correctness": check_correct_at_real_shapes(), "kernels": bench_kernels(args.rounds)}
+        if not args.smoke:
+            print("error: no CUDA GPU here; run this through the device tool (bench/README.md, Issue 7)",
+                  file=sys.stderr)
+            return 2
+        DEV, ACT = "cpu", torch.float32
+    bw = copy_bandwidth()
+    res = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (Triton interpreter, smoke)",
+           "copy_bandwidth_gbs": None if bw is None else round(bw / 1e9, 1),
+           "correctness": check_correct_at_real_shapes(SHAPES[:1] if args.smoke else [(4096, 4096), (14336, 4096)]),
+           "kernels": bench_kernels(args.rounds)}
     if not args.kernels_only:
         from triton_e2e import end_to_end  # bench/triton_e2e.py
         res["end_to_end"] = end_to_end()

@@ -33,30 +33,36 @@ PIPELINES = {
 }
 
 
-def end_to_end(new_tokens: int = 128, batches: tuple[int, ...] = (1, 16)) -> list[dict]:
+def end_to_end(model_path: Path | None = None, device: str = "cuda", new_tokens: int = 128,
+               batches: tuple[int, ...] = (1, 16), prompt: int = 256, scored: int = 512,
+               repeats: int = 5) -> list[dict]:
+    """One row per format and batch. `device="cpu"` (with TRITON_INTERPRET=1) only checks the flow."""
     rows = []
     work = Path(tempfile.mkdtemp())
     for name, pipe in PIPELINES.items():
         t0 = time.perf_counter()
-        compile_model(default_model_path(), get_target("h100"), parse_pipeline(pipe), work / name.split()[0])
-        model = read_container(work / name.split()[0] / "model.cllm")
-        ids = tokenize(model.tokenizer, wikitext_text()[:20000])[0, :512]
-        ref = build_torch_model(model).cuda()
+        folder = work / name.split()[0]
+        compile_model(model_path or default_model_path(), get_target("h100"), parse_pipeline(pipe), folder,
+                      lower=device == "cuda")
+        model = read_container(folder / "model.cllm")
+        ids = tokenize(model.tokenizer, wikitext_text()[:20000])[:scored]
+        ref = build_torch_model(model).to(device)
         with torch.inference_mode():
-            ref_logits = ref(ids[None].cuda()).logits[0].float().cpu()
+            ref_logits = ref(ids[None].to(device)).logits[0].float().cpu()
         del ref
-        torch_dense = name.startswith("fp16")
         for b in batches:
-            net = TritonLlama(model, "cuda", batch=b, max_len=1024, torch_dense=torch_dense)
-            sp = decode_speed(net, ids[:256].tolist(), new_tokens, repeats=5)
+            net = TritonLlama(model, device, batch=b, max_len=max(scored, prompt + new_tokens + 1),
+                              torch_dense=name.startswith("fp16"))
+            sp = decode_speed(net, ids[:prompt].tolist(), new_tokens, repeats=repeats)
             row = {"format": name, "pipeline": pipe, **sp}
             if b == 1:
-                logits = net.prefill(ids[None].cuda(), last_only=False)[0].float().cpu()
+                logits = net.prefill(ids[None], last_only=False)[0].float().cpu()
                 row |= {"vs_torch_fp32_same_ir": compare_logits(ref_logits, logits, ids)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             del net
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
         rows[-1]["compile_s"] = round(time.perf_counter() - t0, 1)
     return rows
 
