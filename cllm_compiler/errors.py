@@ -66,5 +66,9 @@ class EvalError(CllmError):
     """Evaluation could not run (missing data, mismatched tokenizers, ...)."""
 
 
+class TrainError(CllmError):
+    """A training recipe, its data or a checkpoint to resume is unusable."""
+
+
 class OutputError(CllmError):
     """The artifact could not be written (disk full, permissions, existing folder)."""

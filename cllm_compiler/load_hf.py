@@ -59,7 +59,8 @@ def _shards(path: Path) -> list[Path]:
         except (ValueError, KeyError) as e:
             raise LoadError(f"{index} is not a valid shard index: {e}") from e
         return [path / n for n in names]
-    files = sorted(path.glob("*.safetensors"))
+    # compression.safetensors holds a cllm-train export's scales and masks, not model weights
+    files = sorted(f for f in path.glob("*.safetensors") if f.name != "compression.safetensors")
     if not files:
         raise LoadError(f"no *.safetensors in {path}",
                         hint="cllm reads safetensors only (never pickled .bin files); convert with transformers")

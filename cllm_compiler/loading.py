@@ -20,7 +20,7 @@ def source_sha256(path: Path) -> str:
     if path.is_file():
         return file_sha256(path)
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
+    for f in sorted(path.glob("*.safetensors")) + [path / "config.json", path / "compression.json"]:
         if f.exists():
             h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
     return h.hexdigest()
@@ -40,6 +40,9 @@ def load_model(path: str | Path) -> Model:
     if p.is_dir():
         from .load_hf import load_hf_dir
         model = load_hf_dir(p)
+        if (p / "compression.json").is_file():  # a cllm-train export: its trained formats, not re-fitted
+            from .load_compression import apply_compression
+            model.source["compression"] = apply_compression(model, p)
     elif p.suffix == ".gguf" or _is_gguf(p):
         from .load_gguf import load_gguf
         model = load_gguf(p)

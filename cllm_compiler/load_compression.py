@@ -1,0 +1,87 @@
+"""Read a compression-aware checkpoint's `compression.json`: the formats training learned.
+
+`cllm-train` exports a Hugging Face folder whose linear weights are already the dequantized
+values of their stored form, plus `compression.json` (per tensor: format, bits, group, symmetry,
+N:M pattern) and `compression.safetensors` (the learned fp16 scales, integer zero points and
+packed N:M masks). Here each such weight becomes its IR representation *without re-fitting*:
+codes are recovered as round(w / scale) + zero, which is exact because w = (code - zero) * scale
+was computed in float32 from the same numbers, and the result is checked to decode to w bit for
+bit, so the compiled artifact computes what the trained model computed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import LoadError
+from .ir import Model
+from .reprs import Quantized
+from .reprs_sparse import Sparse
+
+FORMAT = "cllm-compression"
+VERSION = 1
+
+
+def read_spec(folder: Path) -> dict[str, Any]:
+    try:
+        spec = json.loads((folder / "compression.json").read_text())
+    except ValueError as e:
+        raise LoadError(f"{folder / 'compression.json'} is not valid JSON: {e}") from e
+    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        raise LoadError(f"{folder / 'compression.json'} is not a {FORMAT} v{VERSION} file",
+                        hint="export it again with this cllm's cllm-train")
+    return spec
+
+
+def apply_compression(model: Model, folder: Path) -> int:
+    """Replace the dense reps of every tensor compression.json names; returns how many."""
+    from safetensors import safe_open
+    spec = read_spec(folder)
+    nodes = {n.name: n for n in model}
+    with safe_open(str(folder / "compression.safetensors"), framework="pt") as f:
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    for name, t in spec["tensors"].items():
+        if name not in nodes:
+            raise LoadError("compression.json names a tensor the checkpoint lacks", tensor=name,
+                            hint="the folder mixes files from different exports")
+        node = nodes[name]
+        try:
+            node.rep = _rep(node.rep.decode(), t, {k[len(name) + 1:]: v for k, v in arrays.items()
+                                                    if k.startswith(name + ".")})
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise LoadError(f"compression record does not fit the weight: {e}", tensor=name,
+                            hint="the checkpoint's weights are not on the grid compression.json describes; "
+                                 "re-export it") from e
+    return len(spec["tensors"])
+
+
+def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse:
+    from .passes.quant import _grouped
+    rows, cols = w.shape
+    bits, group, sym = int(t["bits"]), int(t["group"]), bool(t["sym"])
+    mask = None
+    if t.get("nm"):
+        n, m = (int(v) for v in t["nm"])
+        bitsarr = np.unpackbits(arrays["mask"].numpy(), axis=1, count=cols, bitorder="little")
+        mask = torch.from_numpy(bitsarr.astype(bool))
+        if not (mask.reshape(rows, cols // m, m).sum(-1) == n).all():
+            raise ValueError(f"mask is not {n}:{m}")
+        vals = w[mask].view(rows, -1)
+    else:
+        vals = w
+    scale = arrays["scales"].to(torch.float32)
+    zero = torch.full_like(scale, float(1 << (bits - 1))) if sym else arrays["zeros"].to(torch.float32)
+    x, g, ng = _grouped(vals, group)
+    codes = torch.round(x / scale[..., None]) + zero[..., None]
+    codes = codes.reshape(rows, -1)[:, :vals.shape[1]]
+    if codes.min() < 0 or codes.max() > (1 << bits) - 1:
+        raise ValueError(f"codes fall outside {bits} bits")
+    q = Quantized(codes.to(torch.uint8).numpy(), arrays["scales"].numpy(),
+                  None if sym else arrays["zeros"].to(torch.uint8).numpy(), bits, group)
+    if not torch.equal(q.decode(), vals):
+        raise ValueError("the weights do not decode exactly from their codes")
+    return q if mask is None else Sparse(mask.numpy(), q, n, m)

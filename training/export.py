@@ -1,0 +1,69 @@
+"""Export a compression-aware model: an HF folder `cllm-compile` turns into its IR exactly.
+
+The folder is a plain Hugging Face checkpoint (config.json, model.safetensors, tokenizer files)
+whose decoder linears hold the dequantized values of their stored form — any HF tool loads it
+and computes what the trained model computed — plus `compression.json` (per tensor: bits, group,
+symmetry, N:M) and `compression.safetensors` (fp16 scales, int zero points, packed masks), which
+`cllm_compiler.load_compression` reads back into `Quantized` / `Sparse(mask, Quantized)` with no
+re-fitting. The folder appears atomically (written beside, renamed when complete).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_dir
+from ..load_compression import FORMAT, VERSION
+from .fakequant import WeightQuantizer
+from .qat import latent, quantized_linears
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+@torch.no_grad()
+def export(model: nn.Module, quantizers: dict[str, WeightQuantizer], out: Path, bits: int | None = None,
+           source: Path | None = None, force: bool = False) -> dict:
+    """Write the checkpoint at `bits` (default: each layer's largest choice); returns the spec."""
+    from safetensors.torch import save_file
+    lins = quantized_linears(model)
+    weights, extra, spec = {}, {}, {}
+    for name, wq in quantizers.items():
+        b = bits or max(wq.choices)
+        if b not in wq.choices:
+            raise ValueError(f"{name} was trained for bits {wq.choices}, not {b}")
+        old, wq.bits = wq.bits, b
+        w = latent(lins[name])
+        weights[name] = wq(w).contiguous()  # exactly the forward the model trained with
+        parts = wq.parts(w, b)
+        wq.bits = old
+        extra[f"{name}.scales"] = parts["scales"].half().contiguous()
+        if not wq.sym:
+            extra[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
+        if "mask" in parts:
+            packed = np.packbits(parts["mask"].cpu().numpy(), axis=1, bitorder="little")
+            extra[f"{name}.mask"] = torch.from_numpy(packed)
+        spec[name] = {"format": "sparse+quant" if wq.nm else "quant", "bits": b, "group": wq.group, "sym": wq.sym,
+                      "nm": list(wq.nm) if wq.nm else None}
+    sd = {}
+    for k, v in model.state_dict().items():
+        if ".parametrizations." in k:
+            continue
+        sd[k] = v
+    sd |= weights
+    if getattr(model.config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)  # tied: stored once, as the embedding
+    doc = {"format": FORMAT, "version": VERSION, "tensors": spec}
+    with atomic_dir(out, force=force) as tmp:
+        model.config.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(extra, str(tmp / "compression.safetensors"))
+        (tmp / "compression.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        for f in TOKENIZER_FILES:
+            if source is not None and (source / f).is_file():
+                shutil.copyfile(source / f, tmp / f)
+    return doc

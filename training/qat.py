@@ -1,0 +1,95 @@
+"""Compression-aware model: a transformers causal LM whose linear layers see their stored form.
+
+`prepare(model, cfg)` registers a `WeightQuantizer` parametrization on every decoder linear
+(q/k/v/o, gate/up/down; embeddings, norms and the head stay float), so the unchanged HF
+forward trains through fake quantization. `step_bits` draws each layer's bit-width for the
+next step (randomized precision), `penalties` returns the rate and SR-STE terms, `kd_loss`
+the distillation term against the float teacher.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .fakequant import WeightQuantizer
+from .rate import hard_bits, soft_bits
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    bits: tuple[int, ...] = (4,)          # randomized precision draws from these (export picks one)
+    group: int = 128
+    sym: bool = False
+    nm: tuple[int, int] | None = None     # e.g. (2, 4): N:M masks by SR-STE
+    nm_match: tuple[str, ...] = LINEARS   # which linears get the mask
+    rate_lambda: float = 0.0              # weight of the code-length term (per weight, bits)
+    rate_tau: float = 0.5
+    sr_ste_decay: float = 2e-4
+    kd_weight: float = 1.0                # 0: plain next-token loss only
+    kd_temperature: float = 1.0
+    ce_weight: float = 0.0
+    seed: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Decoder linears by their weight's state-dict name (model.layers.i.self_attn.q_proj.weight)."""
+    return {f"{name}.weight": mod for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in LINEARS}
+
+
+def prepare(model: nn.Module, cfg: QATConfig) -> dict[str, WeightQuantizer]:
+    out = {}
+    for name, lin in quantized_linears(model).items():
+        nm = cfg.nm if cfg.nm and name.split(".")[-2] in cfg.nm_match else None
+        wq = WeightQuantizer(lin.weight.detach(), cfg.bits, cfg.group, cfg.sym, nm)
+        parametrize.register_parametrization(lin, "weight", wq, unsafe=True)
+        out[name] = wq
+    return out
+
+
+def latent(lin: nn.Linear) -> torch.Tensor:
+    return lin.parametrizations.weight.original  # type: ignore[union-attr]
+
+
+def step_bits(quantizers: dict[str, WeightQuantizer], rng: random.Random, fixed: int | None = None) -> None:
+    """Each layer's bit-width for the next step: `fixed`, or drawn from its choices."""
+    for wq in quantizers.values():
+        wq.bits = fixed if fixed is not None else rng.choice(wq.choices)
+
+
+def penalties(model: nn.Module, quantizers: dict[str, WeightQuantizer], cfg: QATConfig,
+              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    lins = quantized_linears(model)
+    zero = next(model.parameters()).new_zeros(())
+    rate, decay, n = zero, zero, 0
+    for name, wq in quantizers.items():
+        w = latent(lins[name])
+        n += w.numel()
+        if cfg.rate_lambda:
+            rate = rate + soft_bits(wq, w, cfg.rate_tau, generator=generator)
+        if wq.nm and cfg.sr_ste_decay:
+            decay = decay + wq.decay_term(w)
+    return {"rate_bits_per_weight": rate / max(n, 1), "sr_ste": decay * cfg.sr_ste_decay}
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) per token on softened logits, times T^2 (Hinton et al.)."""
+    t = temperature
+    s = F.log_softmax(student.float() / t, -1).flatten(0, -2)
+    p = F.log_softmax(teacher.float() / t, -1).flatten(0, -2)
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def model_rate_bits(model: nn.Module, quantizers: dict[str, WeightQuantizer]) -> float:
+    """Code length of every quantized layer's codes at its current bit-width (hard, as exported)."""
+    lins = quantized_linears(model)
+    return sum(hard_bits(wq.parts(latent(lins[name]))["codes"], wq.bits) for name, wq in quantizers.items())
