@@ -20,6 +20,7 @@ import torch
 from .errors import LoadError
 from .ir import Model
 from .reprs import Quantized
+from .reprs_codebook import Codebook
 from .reprs_sparse import Sparse
 
 FORMAT = "cllm-compression"
@@ -59,7 +60,20 @@ def apply_compression(model: Model, folder: Path) -> int:
     return len(spec["tensors"])
 
 
-def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse:
+def _codebook(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Codebook:
+    lut = arrays["lut"].numpy()[None]  # [1, nlut, K, d]
+    scales = arrays["scales"].numpy() if "scales" in arrays else None
+    cb = Codebook(arrays["codes"].numpy()[None], lut, scales, int(t["group"]))
+    if cb.kbits != int(t["bits"]) or cb.d != int(t["d"]):
+        raise ValueError(f"codebook arrays hold {cb.kbits}-bit / d={cb.d}, the record says {t['bits']} / {t['d']}")
+    if not torch.equal(cb.decode(), w):
+        raise ValueError("the weights do not decode exactly from their codebook")
+    return cb
+
+
+def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse | Codebook:
+    if t.get("format") == "codebook":
+        return _codebook(w, t, arrays)
     from .passes.quant import _grouped
     rows, cols = w.shape
     bits, group, sym = int(t["bits"]), int(t["group"]), bool(t["sym"])
@@ -74,14 +88,19 @@ def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) ->
     else:
         vals = w
     scale = arrays["scales"].to(torch.float32)
-    zero = torch.full_like(scale, float(1 << (bits - 1))) if sym else arrays["zeros"].to(torch.float32)
+    zmode = "sym" if sym else t.get("zero", "int")
     x, g, ng = _grouped(vals, group)
-    codes = torch.round(x / scale[..., None]) + zero[..., None]
+    if zmode == "float":
+        codes = torch.round((x - arrays["mins"].to(torch.float32)[..., None]) / scale[..., None])
+    else:
+        zero = torch.full_like(scale, float(1 << (bits - 1))) if sym else arrays["zeros"].to(torch.float32)
+        codes = torch.round(x / scale[..., None]) + zero[..., None]
     codes = codes.reshape(rows, -1)[:, :vals.shape[1]]
     if codes.min() < 0 or codes.max() > (1 << bits) - 1:
         raise ValueError(f"codes fall outside {bits} bits")
     q = Quantized(codes.to(torch.uint8).numpy(), arrays["scales"].numpy(),
-                  None if sym else arrays["zeros"].to(torch.uint8).numpy(), bits, group)
+                  arrays["zeros"].to(torch.uint8).numpy() if zmode == "int" else None, bits, group,
+                  arrays["mins"].numpy() if zmode == "float" else None)
     if not torch.equal(q.decode(), vals):
         raise ValueError("the weights do not decode exactly from their codes")
     return q if mask is None else Sparse(mask.numpy(), q, n, m)

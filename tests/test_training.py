@@ -24,18 +24,19 @@ def test_ste_gradients_are_lsq():
     w = torch.randn(4, 32)
     wq = WeightQuantizer(w, (3,), group=16, sym=True)
     with torch.no_grad():
-        wq.scales["3"].mul_(0.5)  # halve the range so that some weights clip
+        wq.log_scales["3"].add_(np.log(0.5))  # halve the range so that some weights clip
     w = w.clone().requires_grad_(True)
     g = torch.randn(4, 32)
     (wq(w) * g).sum().backward()
-    s = wq.scales["3"].detach().half().float().repeat_interleave(16, 1)
+    s = wq.scale(3).detach().half().float().repeat_interleave(16, 1)
     t = w.detach() / s
     inside = (torch.round(t) + 4 >= 0) & (torch.round(t) + 4 <= 7)
     assert (~inside).any() and inside.any()
     torch.testing.assert_close(w.grad, g * inside)
     lsq = torch.where(inside, torch.round(t) - t, torch.clamp(torch.round(t) + 4, 0, 7) - 4)
     expect = (g * lsq).view(4, 2, 16).sum(-1) / (16 * 7) ** 0.5
-    torch.testing.assert_close(wq.scales["3"].grad, expect, rtol=1e-4, atol=1e-5)
+    # d/d log s = s * d/ds (the fp16 rounding passes the gradient through unchanged)
+    torch.testing.assert_close(wq.log_scales["3"].grad, expect * wq.scale(3).detach(), rtol=1e-4, atol=1e-6)
 
 
 def test_gradients_reach_every_latent_weight_and_scale(tiny_dir):
@@ -47,7 +48,7 @@ def test_gradients_reach_every_latent_weight_and_scale(tiny_dir):
     (out.loss + pen["rate_bits_per_weight"] + pen["sr_ste"]).backward()
     for name, lin in quantized_linears(model).items():
         assert latent(lin).grad is not None and latent(lin).grad.abs().sum() > 0, name
-        assert qs[name].scales[str(qs[name].bits)].grad.abs().sum() > 0, name
+        assert qs[name].log_scales[str(qs[name].bits)].grad.abs().sum() > 0, name
     gate = latent(quantized_linears(model)["model.layers.0.mlp.gate_proj.weight"])
     pruned = ~nm_mask(gate, 2, 4)
     assert gate.grad[pruned].abs().sum() > 0  # SR-STE: pruned weights keep learning
@@ -77,6 +78,9 @@ def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
 
 
 @pytest.mark.parametrize("cfg", [QATConfig(bits=(4,), group=32), QATConfig(bits=(3, 4), group=64, sym=True),
+                                 QATConfig(bits=(5,), group=32, zero="float"),
+                                 QATConfig(codebook={"bits": 4, "scope": "row"}, codebook_match=("gate_proj", "up_proj")),
+                                 QATConfig(codebook={"bits": 6, "d": 2, "scope": "tensor", "group": 64}),
                                  QATConfig(bits=(4,), group=32, nm=(2, 4), nm_match=("gate_proj", "up_proj"))])
 def test_export_compiles_to_the_trained_logits(tiny_dir, tmp_path, cfg):
     """Train a few steps, export, cllm-compile (entropy only: nothing re-fitted), run the artifact's
@@ -106,9 +110,14 @@ def test_export_compiles_to_the_trained_logits(tiny_dir, tmp_path, cfg):
     compile_model(tmp_path / "exp", get_target("x86-avx512"), parse_pipeline("quant{bits=8},entropy{codec=rans}"),
                   tmp_path / "art", lower=False)
     ir = read_container(tmp_path / "art" / "model.cllm")
+    from cllm_compiler.reprs_codebook import Codebook
+    from cllm_compiler.training.fakecodebook import CodebookQuantizer
     for node in ir:
         if node.name in qs:
             rep = node.rep.inner() if node.rep.kind == "encoded" else node.rep
+            if isinstance(qs[node.name], CodebookQuantizer):
+                assert isinstance(rep, Codebook) and rep.kbits == cfg.codebook["bits"], node.name
+                continue
             assert isinstance(rep, Sparse if qs[node.name].nm else Quantized), node.name
             q = rep.values if isinstance(rep, Sparse) else rep
             assert q.bits == bits  # the trained bit-width, not the pipeline's quant{bits=8}
@@ -162,3 +171,45 @@ def test_cllm_train_refuses_bad_recipes_clearly(tiny_dir, tmp_path, capsys):
     wiki.write_text(wikitext_text()[:20000])
     assert main([str(_recipe(tmp_path, tiny_dir, data=[str(wiki)])), "-o", str(tmp_path / "x")]) == 2
     assert "WikiText-2 test" in capsys.readouterr().err
+
+
+def _train_and_export(tiny_dir, out, cfg, steps: int = 3):
+    from cllm_compiler.training.export import export
+    model = _tiny(tiny_dir)
+    qs = prepare(model, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    export(model, qs, out, source=tiny_dir)
+    lins = quantized_linears(model)
+    with torch.no_grad():
+        return {name: lin.weight.detach().clone() for name, lin in lins.items()}
+
+
+@pytest.mark.parametrize("cfg,kind", [(QATConfig(bits=(4,), group=32, sym=True), "Q4_0"),
+                                      (QATConfig(bits=(4,), group=32, zero="float"), "Q4_1"),
+                                      (QATConfig(bits=(8,), group=32, sym=True), "Q8_0")])
+def test_gguf_export_of_a_qat_model_is_exact(tiny_dir, tmp_path, cfg, kind):
+    """Trained on llama.cpp's own block grid, the model's GGUF holds exactly its trained weights."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from cllm_compiler.compiler import compile_model
+    from cllm_compiler.load_gguf import unpermute
+    from cllm_compiler.pipeline import parse_pipeline
+    from cllm_compiler.targets import get_target
+    trained = _train_and_export(tiny_dir, tmp_path / "exp", cfg)
+    res = compile_model(tmp_path / "exp", get_target("gguf-cpu"), parse_pipeline("entropy"), tmp_path / "art")
+    assert res.report["lowering"]["notes"] == []  # nothing re-quantized
+    from cllm_compiler.load_gguf import hf_name
+    tensors = {hf_name(t.name): t for t in GGUFReader(str(tmp_path / "art" / "model.gguf")).tensors}
+    for name, w in trained.items():
+        t = tensors[name]
+        assert t.tensor_type.name == kind, name
+        got = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(w.shape)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            got = unpermute(got, 4 if "q_proj" in name else 2)
+        assert torch.equal(got, w), name

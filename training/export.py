@@ -19,6 +19,7 @@ from torch import nn
 
 from ..atomic import atomic_dir
 from ..load_compression import FORMAT, VERSION
+from .fakecodebook import CodebookQuantizer
 from .fakequant import WeightQuantizer
 from .qat import latent, quantized_linears
 
@@ -26,28 +27,37 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 @torch.no_grad()
-def export(model: nn.Module, quantizers: dict[str, WeightQuantizer], out: Path, bits: int | None = None,
+def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQuantizer], out: Path, bits: int | None = None,
            source: Path | None = None, force: bool = False) -> dict:
     """Write the checkpoint at `bits` (default: each layer's largest choice); returns the spec."""
     from safetensors.torch import save_file
     lins = quantized_linears(model)
     weights, extra, spec = {}, {}, {}
     for name, wq in quantizers.items():
-        b = bits or max(wq.choices)
-        if b not in wq.choices:
-            raise ValueError(f"{name} was trained for bits {wq.choices}, not {b}")
-        old, wq.bits = wq.bits, b
         w = latent(lins[name])
+        if isinstance(wq, CodebookQuantizer):
+            weights[name] = wq(w).contiguous()
+            parts = wq.parts(w)
+            extra |= {f"{name}.{k}": v.contiguous() for k, v in parts.items()}
+            extra[f"{name}.codes"] = parts["codes"].to(torch.uint8).contiguous()
+            spec[name] = {"format": "codebook", "bits": wq.kbits, "d": wq.d, "scope": wq.scope, "group": wq.group}
+            continue
+        b = bits if bits in wq.choices else max(wq.choices)
+        if bits is not None and bits not in wq.choices:
+            raise ValueError(f"{name} was trained for bits {wq.choices}, not {bits}")
+        old, wq.bits = wq.bits, b
         weights[name] = wq(w).contiguous()  # exactly the forward the model trained with
         parts = wq.parts(w, b)
         wq.bits = old
         extra[f"{name}.scales"] = parts["scales"].half().contiguous()
-        if not wq.sym:
+        if wq.zero == "int":
             extra[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
+        elif wq.zero == "float":
+            extra[f"{name}.mins"] = parts["mins"].half().contiguous()
         if "mask" in parts:
             packed = np.packbits(parts["mask"].cpu().numpy(), axis=1, bitorder="little")
             extra[f"{name}.mask"] = torch.from_numpy(packed)
-        spec[name] = {"format": "sparse+quant" if wq.nm else "quant", "bits": b, "group": wq.group, "sym": wq.sym,
+        spec[name] = {"format": "sparse+quant" if wq.nm else "quant", "bits": b, "group": wq.group, "sym": wq.sym, "zero": wq.zero,
                       "nm": list(wq.nm) if wq.nm else None}
     sd = {}
     for k, v in model.state_dict().items():

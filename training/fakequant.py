@@ -7,8 +7,9 @@ ragged last group padded by its last column, int zero points, fp16 scales) and d
 same float32 operations as `Quantized.decode` ((code - zero) * scale), so a trained model and its
 compiled artifact give the same logits bit for bit.
 
-- Scales are learned (LSQ: gradient through round by STE, scaled by 1 / sqrt(group * qmax)) and
-  pass through fp16 rounding with an STE, so training sees the stored fp16 value.
+- Scales are learned in log space (LSQ's gradient through round by STE; log space because Adam
+  steps are ~lr whatever the gradient, and a 1e-3 step on an 8-bit scale of ~1e-3 would cross
+  zero) and pass through fp16 rounding with an STE, so training sees the stored fp16 value.
 - Zero points are integers fixed at initialisation (GPTQ-style min/max grid).
 - `bits` can change per step (randomized precision): one scale set per bit-width in `choices`.
 - N:M sparsity (SR-STE): the mask is the top-n |w| of every m, recomputed each step; the forward
@@ -51,10 +52,11 @@ class WeightQuantizer(nn.Module):
     """Parametrization W_latent -> W_stored for one [rows, cols] Linear weight."""
 
     def __init__(self, w: torch.Tensor, choices: tuple[int, ...] = (4,), group: int = 128, sym: bool = False,
-                 nm: tuple[int, int] | None = None) -> None:
+                 nm: tuple[int, int] | None = None, zero: str = "int") -> None:
         super().__init__()
         self.rows, self.cols = w.shape
         self.choices, self.sym, self.nm = tuple(choices), sym, nm
+        self.zero = "sym" if sym else zero  # int: GPTQ zero points; float: llama.cpp Q4_1-style learned mins
         self.bits = max(self.choices)
         if nm is not None and self.cols % nm[1]:
             raise ValueError(f"{self.cols} inputs are not a multiple of m={nm[1]}")
@@ -62,11 +64,15 @@ class WeightQuantizer(nn.Module):
             vals = self._values(w.float(), nm_mask(w, *nm) if nm else None)
             self.group = min(group or vals.shape[1], vals.shape[1])
             x, _, _ = _grouped(vals, self.group)
-            self.scales = nn.ParameterDict()
+            self.log_scales = nn.ParameterDict()
+            self.mins = nn.ParameterDict()
             for b in self.choices:
-                _, scale, zero = _grid(x, b, sym, "int", None)
-                self.scales[str(b)] = nn.Parameter(scale.clone())
-                self.register_buffer(f"zero{b}", zero.clone())
+                _, scale, offset = _grid(x, b, sym, "float" if self.zero == "float" else "int", None)
+                self.log_scales[str(b)] = nn.Parameter(scale.log())
+                if self.zero == "float":
+                    self.mins[str(b)] = nn.Parameter(offset.clone())
+                else:
+                    self.register_buffer(f"zero{b}", offset.clone())
 
     def _values(self, w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
@@ -74,12 +80,26 @@ class WeightQuantizer(nn.Module):
         return w[mask].view(self.rows, -1)  # row-major kept values, as Sparse stores them
 
     def _quant(self, vals: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes [rows, ng, g], scale [rows, ng] fp16-exact, zero [rows, ng]) of compact values."""
+        """(codes [rows, ng, g], scale [rows, ng] fp16-exact, offset [rows, ng]) of compact values;
+        offset is the zero point, or (zero=float) the fp16 min."""
         x, _, _ = _grouped(vals, self.group)
-        s = self.scales[str(bits)]
-        s = f16_ste(grad_scale(s, 1.0 / math.sqrt(self.group * ((1 << bits) - 1))))
+        gs = 1.0 / math.sqrt(self.group * ((1 << bits) - 1))
+        s = f16_ste(grad_scale(self.scale(bits), gs))
+        qmax = (1 << bits) - 1
+        if self.zero == "float":
+            lo = f16_ste(grad_scale(self.mins[str(bits)], gs))
+            return torch.clamp(round_ste((x - lo[..., None]) / s[..., None]), 0, qmax), s, lo
         zero = getattr(self, f"zero{bits}")
-        return torch.clamp(round_ste(x / s[..., None]) + zero[..., None], 0, (1 << bits) - 1), s, zero
+        return torch.clamp(round_ste(x / s[..., None]) + zero[..., None], 0, qmax), s, zero
+
+    def scale(self, bits: int) -> torch.Tensor:
+        return torch.exp(self.log_scales[str(bits)])
+
+    def _dequant(self, q: torch.Tensor, s: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """The float32 operations of Quantized.decode, in its order."""
+        if self.zero == "float":
+            return q * s[..., None] + off[..., None]
+        return (q - off[..., None]) * s[..., None]
 
     def parts(self, w: torch.Tensor, bits: int | None = None) -> dict[str, torch.Tensor]:
         """What export stores: mask (N:M only), codes [rows, kept], fp16 scales, int zeros."""
@@ -87,15 +107,15 @@ class WeightQuantizer(nn.Module):
         mask = nm_mask(w, *self.nm) if self.nm else None
         vals = self._values(w, mask)
         q, s, zero = self._quant(vals, b)
-        out = {"codes": q.reshape(self.rows, -1)[:, :vals.shape[1]], "scales": s.detach(), "zeros": zero}
+        out = {"codes": q.reshape(self.rows, -1)[:, :vals.shape[1]], "scales": s.detach(),
+               ("mins" if self.zero == "float" else "zeros"): zero.detach()}
         return out | ({"mask": mask} if mask is not None else {})
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         mask = nm_mask(w, *self.nm) if self.nm else None
         vals = self._values(w, mask)
         q, s, zero = self._quant(vals, self.bits)
-        # the same float32 operations as Quantized.decode: (code - zero) * scale, then crop the padding
-        deq = ((q - zero[..., None]) * s[..., None]).reshape(self.rows, -1)[:, :vals.shape[1]]
+        deq = self._dequant(q, s, zero).reshape(self.rows, -1)[:, :vals.shape[1]]  # crop the group padding
         if mask is None:
             return deq
         out = torch.zeros_like(w).masked_scatter(mask, deq)

@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .fakecodebook import CodebookQuantizer
 from .fakequant import WeightQuantizer
 from .rate import hard_bits, soft_bits
+
+Quantizer = WeightQuantizer | CodebookQuantizer
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -27,8 +30,12 @@ class QATConfig:
     bits: tuple[int, ...] = (4,)          # randomized precision draws from these (export picks one)
     group: int = 128
     sym: bool = False
+    zero: str = "int"                     # int zero points (GPTQ) or float mins (llama.cpp Q4_1/Q5_1)
     nm: tuple[int, int] | None = None     # e.g. (2, 4): N:M masks by SR-STE
     nm_match: tuple[str, ...] = LINEARS   # which linears get the mask
+    codebook: dict | None = None          # e.g. {bits: 4, scope: row} or {bits: 8, d: 2, scope: tensor, group: 128}
+    codebook_match: tuple[str, ...] = LINEARS
+    commitment: float = 1e-3              # codebooks: weight of ||w - sg(q)||^2 (per weight)
     rate_lambda: float = 0.0              # weight of the code-length term (per weight, bits)
     rate_tau: float = 0.5
     sr_ste_decay: float = 2e-4
@@ -45,11 +52,15 @@ def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in LINEARS}
 
 
-def prepare(model: nn.Module, cfg: QATConfig) -> dict[str, WeightQuantizer]:
-    out = {}
+def prepare(model: nn.Module, cfg: QATConfig) -> dict[str, Quantizer]:
+    out: dict[str, Quantizer] = {}
     for name, lin in quantized_linears(model).items():
-        nm = cfg.nm if cfg.nm and name.split(".")[-2] in cfg.nm_match else None
-        wq = WeightQuantizer(lin.weight.detach(), cfg.bits, cfg.group, cfg.sym, nm)
+        role = name.split(".")[-2]
+        nm = cfg.nm if cfg.nm and role in cfg.nm_match else None
+        if cfg.codebook and role in cfg.codebook_match:
+            wq: Quantizer = CodebookQuantizer(lin.weight.detach(), **cfg.codebook)
+        else:
+            wq = WeightQuantizer(lin.weight.detach(), cfg.bits, cfg.group, cfg.sym, nm, cfg.zero)
         parametrize.register_parametrization(lin, "weight", wq, unsafe=True)
         out[name] = wq
     return out
@@ -59,25 +70,31 @@ def latent(lin: nn.Linear) -> torch.Tensor:
     return lin.parametrizations.weight.original  # type: ignore[union-attr]
 
 
-def step_bits(quantizers: dict[str, WeightQuantizer], rng: random.Random, fixed: int | None = None) -> None:
-    """Each layer's bit-width for the next step: `fixed`, or drawn from its choices."""
+def step_bits(quantizers: dict[str, Quantizer], rng: random.Random, fixed: int | None = None) -> None:
+    """Each uniform layer's bit-width for the next step: `fixed`, or drawn from its choices."""
     for wq in quantizers.values():
-        wq.bits = fixed if fixed is not None else rng.choice(wq.choices)
+        if isinstance(wq, WeightQuantizer):
+            wq.bits = fixed if fixed is not None and fixed in wq.choices else rng.choice(wq.choices)
 
 
-def penalties(model: nn.Module, quantizers: dict[str, WeightQuantizer], cfg: QATConfig,
+def penalties(model: nn.Module, quantizers: dict[str, Quantizer], cfg: QATConfig,
               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Rate (bits per weight, uniform-grid layers), SR-STE decay and codebook commitment terms."""
     lins = quantized_linears(model)
     zero = next(model.parameters()).new_zeros(())
-    rate, decay, n = zero, zero, 0
+    rate, decay, commit, n = zero, zero, zero, 0
     for name, wq in quantizers.items():
         w = latent(lins[name])
         n += w.numel()
+        if isinstance(wq, CodebookQuantizer):
+            commit = commit + wq.commitment(w)
+            continue
         if cfg.rate_lambda:
             rate = rate + soft_bits(wq, w, cfg.rate_tau, generator=generator)
         if wq.nm and cfg.sr_ste_decay:
             decay = decay + wq.decay_term(w)
-    return {"rate_bits_per_weight": rate / max(n, 1), "sr_ste": decay * cfg.sr_ste_decay}
+    return {"rate_bits_per_weight": rate / max(n, 1), "sr_ste": decay * cfg.sr_ste_decay,
+            "commitment": commit * cfg.commitment / max(n, 1)}
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -89,7 +106,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
 
 
 @torch.no_grad()
-def model_rate_bits(model: nn.Module, quantizers: dict[str, WeightQuantizer]) -> float:
+def model_rate_bits(model: nn.Module, quantizers: dict[str, Quantizer]) -> float:
     """Code length of every quantized layer's codes at its current bit-width (hard, as exported)."""
     lins = quantized_linears(model)
     return sum(hard_bits(wq.parts(latent(lins[name]))["codes"], wq.bits) for name, wq in quantizers.items())

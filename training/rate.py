@@ -33,8 +33,11 @@ def soft_bits(wq: WeightQuantizer, w: torch.Tensor, tau: float = 0.5, sample: in
     from .fakequant import nm_mask
     b = wq.bits
     x, _, _ = _grouped(wq._values(w, nm_mask(w, *wq.nm) if wq.nm else None), wq.group)
-    s = wq.scales[str(b)]
-    t = (x / s[..., None] + getattr(wq, f"zero{b}")[..., None]).reshape(-1)
+    s = wq.scale(b)
+    if wq.zero == "float":
+        t = ((x - wq.mins[str(b)][..., None]) / s[..., None]).reshape(-1)
+    else:
+        t = (x / s[..., None] + getattr(wq, f"zero{b}")[..., None]).reshape(-1)
     n = t.numel()
     if n > sample:
         t = t[torch.randint(0, n, (sample,), generator=generator, device=t.device)]

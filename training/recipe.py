@@ -27,7 +27,7 @@ class TrainConfig:
     batch: int = 4
     seq_len: int = 256
     lr: float = 5e-5
-    scale_lr: float = 1e-3        # LSQ scales learn faster than weights
+    scale_lr: float = 1e-3        # LSQ log-scales: a step changes a scale by ~0.1%
     warmup: int = 10
     holdout: float = 0.05
     eval_batches: int = 4

@@ -88,8 +88,8 @@ class Trainer:
         if cfg.qat.kd_weight:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.quantizers = prepare(self.model, cfg.qat)
-        scales = [p for n, p in self.model.named_parameters() if ".scales." in n]
-        others = [p for n, p in self.model.named_parameters() if ".scales." not in n]
+        scales = [p for n, p in self.model.named_parameters() if ".log_scales." in n]
+        others = [p for n, p in self.model.named_parameters() if ".log_scales." not in n]
         self.opt = torch.optim.AdamW([{"params": others, "lr": cfg.lr},
                                       {"params": scales, "lr": cfg.scale_lr, "weight_decay": 0.0}])
         self.step = 0
@@ -126,7 +126,7 @@ class Trainer:
         gen = torch.Generator(device=self.cfg.device).manual_seed(self.cfg.seed * 104_729 + step)  # resumable
         parts |= penalties(self.model, self.quantizers, q, generator=gen)
         parts["loss"] = (q.ce_weight * parts["ce"] + q.kd_weight * parts.get("kd", 0.0)
-                         + q.rate_lambda * parts["rate_bits_per_weight"] + parts["sr_ste"])
+                         + q.rate_lambda * parts["rate_bits_per_weight"] + parts["sr_ste"] + parts["commitment"])
         if not q.kd_weight and not q.ce_weight:
             parts["loss"] = parts["loss"] + parts["ce"]
         return parts
@@ -139,6 +139,9 @@ class Trainer:
             for grp, base in zip(self.opt.param_groups, (cfg.lr, cfg.scale_lr)):
                 grp["lr"] = base * lr_at(self.step, cfg)
             parts = self.loss(batch_at(self.train_ids, self.step, cfg), self.step)
+            if not torch.isfinite(parts["loss"]):
+                raise TrainError(f"the loss is {float(parts['loss'])} at step {self.step + 1}",
+                                 hint="lower lr / scale_lr or rate_lambda; --resume restarts from the last checkpoint")
             self.opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             self.opt.step()
