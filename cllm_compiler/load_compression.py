@@ -21,6 +21,7 @@ from .errors import LoadError
 from .ir import Model
 from .reprs import Quantized
 from .reprs_codebook import Codebook
+from .reprs_lowrank import LowRank
 from .reprs_sparse import Sparse
 
 FORMAT = "cllm-compression"
@@ -71,9 +72,22 @@ def _codebook(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor
     return cb
 
 
-def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse | Codebook:
+def _lowrank(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> LowRank:
+    bits, group, zmode = int(t["bits"]), int(t["group"]), "sym" if t["sym"] else t.get("zero", "int")
+    base = Quantized(arrays["codes"].numpy(), arrays["scales"].numpy(),
+                     arrays["zeros"].numpy() if zmode == "int" else None, bits, group,
+                     arrays["mins"].numpy() if zmode == "float" else None)
+    lr = LowRank(arrays["U"], arrays["V"], base, "f16")
+    if lr.rank != int(t["rank"]) or not torch.equal(lr.decode(), w):
+        raise ValueError("the weights do not decode exactly from U V + their quantized residual")
+    return lr
+
+
+def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse | Codebook | LowRank:
     if t.get("format") == "codebook":
         return _codebook(w, t, arrays)
+    if t.get("format") == "lowrank":
+        return _lowrank(w, t, arrays)
     from .passes.quant import _grouped
     rows, cols = w.shape
     bits, group, sym = int(t["bits"]), int(t["group"]), bool(t["sym"])

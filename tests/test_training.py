@@ -81,6 +81,7 @@ def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
                                  QATConfig(bits=(5,), group=32, zero="float"),
                                  QATConfig(codebook={"bits": 4, "scope": "row"}, codebook_match=("gate_proj", "up_proj")),
                                  QATConfig(codebook={"bits": 6, "d": 2, "scope": "tensor", "group": 64}),
+                                 QATConfig(bits=(3,), group=32, lowrank=8, rank_dropout=0.5, kv_bits=8),
                                  QATConfig(bits=(4,), group=32, nm=(2, 4), nm_match=("gate_proj", "up_proj"))])
 def test_export_compiles_to_the_trained_logits(tiny_dir, tmp_path, cfg):
     """Train a few steps, export, cllm-compile (entropy only: nothing re-fitted), run the artifact's
@@ -104,6 +105,9 @@ def test_export_compiles_to_the_trained_logits(tiny_dir, tmp_path, cfg):
     bits = min(cfg.bits)
     for wq in qs.values():
         wq.bits = bits
+    model.eval()  # rank dropout off: the exported model is the whole correction
+    if cfg.kv_bits:  # the KV format is for the runtime, not the weights: compare weight-only logits
+        model.set_attn_implementation("sdpa")
     with torch.no_grad():
         trained = model(ids).logits
     export(model, qs, tmp_path / "exp", bits=bits, source=tiny_dir)
@@ -111,12 +115,16 @@ def test_export_compiles_to_the_trained_logits(tiny_dir, tmp_path, cfg):
                   tmp_path / "art", lower=False)
     ir = read_container(tmp_path / "art" / "model.cllm")
     from cllm_compiler.reprs_codebook import Codebook
+    from cllm_compiler.reprs_lowrank import LowRank
     from cllm_compiler.training.fakecodebook import CodebookQuantizer
     for node in ir:
         if node.name in qs:
             rep = node.rep.inner() if node.rep.kind == "encoded" else node.rep
             if isinstance(qs[node.name], CodebookQuantizer):
                 assert isinstance(rep, Codebook) and rep.kbits == cfg.codebook["bits"], node.name
+                continue
+            if cfg.lowrank:
+                assert isinstance(rep, LowRank) and rep.rank == 8 and isinstance(rep.base, Quantized), node.name
                 continue
             assert isinstance(rep, Sparse if qs[node.name].nm else Quantized), node.name
             q = rep.values if isinstance(rep, Sparse) else rep
@@ -213,3 +221,26 @@ def test_gguf_export_of_a_qat_model_is_exact(tiny_dir, tmp_path, cfg, kind):
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             got = unpermute(got, 4 if "q_proj" in name else 2)
         assert torch.equal(got, w), name
+
+
+def test_kv_cache_fake_quant_blocks_and_gradient():
+    from cllm_compiler.training.kvquant import kv_fake_quant
+    x = torch.randn(2, 3, 5, 64, requires_grad=True)
+    q = kv_fake_quant(x, 4, 32)
+    blocks = q.detach().reshape(-1, 32)
+    scale = x.detach().reshape(-1, 32).abs().amax(-1, keepdim=True) / 7
+    levels = blocks / scale.half().float()
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= 7
+    q.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # STE (no value clips: the scale is the absmax)
+
+
+def test_training_with_kv_cache_quantization_changes_attention(tiny_dir):
+    m = _tiny(tiny_dir)
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = m(ids).logits
+    prepare(m, QATConfig(bits=(8,), group=32, kv_bits=4))
+    with torch.no_grad():
+        kvq = m(ids).logits
+    assert m.config._attn_implementation == "cllm_kvq" and 1e-4 < (kvq - plain).abs().max() < 1.0

@@ -20,6 +20,7 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..load_compression import FORMAT, VERSION
 from .fakecodebook import CodebookQuantizer
+from .fakelowrank import LowRankQuantizer
 from .fakequant import WeightQuantizer
 from .qat import latent, quantized_linears
 
@@ -41,6 +42,22 @@ def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQua
             extra |= {f"{name}.{k}": v.contiguous() for k, v in parts.items()}
             extra[f"{name}.codes"] = parts["codes"].to(torch.uint8).contiguous()
             spec[name] = {"format": "codebook", "bits": wq.kbits, "d": wq.d, "scope": wq.scope, "group": wq.group}
+            continue
+        if isinstance(wq, LowRankQuantizer):
+            b = bits if bits in wq.choices else max(wq.choices)
+            old, wq.bits = wq.bits, b
+            weights[name] = wq(w).contiguous()
+            parts = wq.parts(w, b)
+            wq.bits = old
+            extra |= {f"{name}.{k}": v.contiguous() for k, v in parts.items() if k in ("U", "V")}
+            extra[f"{name}.codes"] = parts["codes"].to(torch.uint8).contiguous()
+            extra[f"{name}.scales"] = parts["scales"].half().contiguous()
+            if wq.base.zero == "int":
+                extra[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
+            elif wq.base.zero == "float":
+                extra[f"{name}.mins"] = parts["mins"].half().contiguous()
+            spec[name] = {"format": "lowrank", "rank": wq.rank, "bits": b, "group": wq.base.group,
+                          "sym": wq.base.sym, "zero": wq.base.zero, "nm": None}
             continue
         b = bits if bits in wq.choices else max(wq.choices)
         if bits is not None and bits not in wq.choices:

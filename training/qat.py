@@ -17,10 +17,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .fakecodebook import CodebookQuantizer
+from .fakelowrank import LowRankQuantizer
 from .fakequant import WeightQuantizer
 from .rate import hard_bits, soft_bits
 
-Quantizer = WeightQuantizer | CodebookQuantizer
+Quantizer = WeightQuantizer | CodebookQuantizer | LowRankQuantizer
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -36,6 +37,11 @@ class QATConfig:
     codebook: dict | None = None          # e.g. {bits: 4, scope: row} or {bits: 8, d: 2, scope: tensor, group: 128}
     codebook_match: tuple[str, ...] = LINEARS
     commitment: float = 1e-3              # codebooks: weight of ||w - sg(q)||^2 (per weight)
+    lowrank: int = 0                      # rank of a trained U V correction beside the quantized residual
+    lowrank_match: tuple[str, ...] = LINEARS
+    rank_dropout: float = 0.0
+    kv_bits: int | None = None            # fake-quantize the KV cache (8 or 4 bits, blocks of kv_block)
+    kv_block: int = 32
     rate_lambda: float = 0.0              # weight of the code-length term (per weight, bits)
     rate_tau: float = 0.5
     sr_ste_decay: float = 2e-4
@@ -57,12 +63,21 @@ def prepare(model: nn.Module, cfg: QATConfig) -> dict[str, Quantizer]:
     for name, lin in quantized_linears(model).items():
         role = name.split(".")[-2]
         nm = cfg.nm if cfg.nm and role in cfg.nm_match else None
+        w = lin.weight.detach()
+        grid = dict(choices=cfg.bits, group=cfg.group, sym=cfg.sym, nm=nm, zero=cfg.zero)
         if cfg.codebook and role in cfg.codebook_match:
-            wq: Quantizer = CodebookQuantizer(lin.weight.detach(), **cfg.codebook)
+            wq: Quantizer = CodebookQuantizer(w, **cfg.codebook)
+        elif cfg.lowrank and role in cfg.lowrank_match:
+            wq = LowRankQuantizer(w, cfg.lowrank, grid | {"nm": None}, cfg.rank_dropout)
+            with torch.no_grad():
+                lin.weight.copy_(wq.residual_init(w))  # the latent weight is the residual R
         else:
-            wq = WeightQuantizer(lin.weight.detach(), cfg.bits, cfg.group, cfg.sym, nm, cfg.zero)
+            wq = WeightQuantizer(w, **grid)
         parametrize.register_parametrization(lin, "weight", wq, unsafe=True)
         out[name] = wq
+    if cfg.kv_bits:
+        from .kvquant import enable
+        enable(model, cfg.kv_bits, cfg.kv_block)
     return out
 
 
@@ -73,7 +88,7 @@ def latent(lin: nn.Linear) -> torch.Tensor:
 def step_bits(quantizers: dict[str, Quantizer], rng: random.Random, fixed: int | None = None) -> None:
     """Each uniform layer's bit-width for the next step: `fixed`, or drawn from its choices."""
     for wq in quantizers.values():
-        if isinstance(wq, WeightQuantizer):
+        if not isinstance(wq, CodebookQuantizer):
             wq.bits = fixed if fixed is not None and fixed in wq.choices else rng.choice(wq.choices)
 
 
@@ -90,7 +105,8 @@ def penalties(model: nn.Module, quantizers: dict[str, Quantizer], cfg: QATConfig
             commit = commit + wq.commitment(w)
             continue
         if cfg.rate_lambda:
-            rate = rate + soft_bits(wq, w, cfg.rate_tau, generator=generator)
+            rate = rate + soft_bits(wq.base if isinstance(wq, LowRankQuantizer) else wq, w, cfg.rate_tau,
+                                    generator=generator)
         if wq.nm and cfg.sr_ste_decay:
             decay = decay + wq.decay_term(w)
     return {"rate_bits_per_weight": rate / max(n, 1), "sr_ste": decay * cfg.sr_ste_decay,
