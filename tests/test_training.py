@@ -244,3 +244,21 @@ def test_training_with_kv_cache_quantization_changes_attention(tiny_dir):
     with torch.no_grad():
         kvq = m(ids).logits
     assert m.config._attn_implementation == "cllm_kvq" and 1e-4 < (kvq - plain).abs().max() < 1.0
+
+
+def test_e1_experiment_script_runs_end_to_end_in_smoke_mode(tiny_dir, tmp_path):
+    """bench/qat_e1.py needs a GPU for real runs; its whole flow (PTQ baselines, cllm-train, export,
+    compile, scoring at equal bytes) runs here on the tiny model in ~30 s."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "qat_e1.py"), "--smoke", "--model", str(tiny_dir),
+                        "--bits", "3", "--out", str(tmp_path / "e1")], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "e1.json").read_text())["rows"]
+    assert [x["method"] for x in rows] == ["float (reference)", "RTN", "GPTQ", "LUT/row", "QAT+KD (cllm-train)"]
+    assert all(x["bpw"] > 3 for x in rows[1:]) and rows[0]["kld"] == 0.0

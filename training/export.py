@@ -85,6 +85,8 @@ def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQua
     if getattr(model.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight", None)  # tied: stored once, as the embedding
     doc = {"format": FORMAT, "version": VERSION, "tensors": spec}
+    if not getattr(model.config, "architectures", None):  # built from a config (cllm's loaders), not a hub folder
+        model.config.architectures = [type(model).__name__]
     with atomic_dir(out, force=force) as tmp:
         model.config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
