@@ -1,5 +1,3 @@
-"""Compression-aware training (`cllm_compiler.training`): QAT, rate penalties, distillation.
-
-Nothing lives here yet: issue 8 builds it on the formats in `cllm_compiler.reprs` and the
-quantizers in `cllm_compiler.passes` so training and export share one implementation.
-"""
+"""Compression-aware training (`cllm_compiler.training`): QAT on the compiler's own formats,
+rate penalties, distillation, and an export `cllm-compile` reads without re-fitting.
+See docs/training.md."""
