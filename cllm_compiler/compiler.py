@@ -145,7 +145,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     `lower=False` stops at the portable .cllm (no backend build)."""
     t0 = time.perf_counter()
     lowers = lower and target.backend in LOWERED
-    if lowers and target.backend in ("tvm", "triton"):
+    if lowers and target.backend in ("tvm", "triton", "onnx"):
         target.check_formats(passes)  # refuse before any work
     configure_malloc()
     pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
@@ -192,7 +192,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     return CompileResult(out, report, stats)
 
 
-LOWERED = ("gguf", "tvm", "triton")  # backends/<name>_backend.py: lower_artifact, models, speed
+LOWERED = ("gguf", "tvm", "triton", "onnx")  # backends/<name>_backend.py: lower_artifact, models, speed
 
 
 def _backend_module(backend: str) -> Any:

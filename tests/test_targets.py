@@ -5,7 +5,7 @@ from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.targets import DEFAULT_TARGET, TARGETS, get_target
 
 REQUIRED = ["x86-avx512", "jetson-orin-agx-64gb", "jetson-orin-agx-32gb", "jetson-orin-nano-8gb",
-            "h100", "rtx-4090", "gguf-cpu"]
+            "h100", "rtx-4090", "gguf-cpu", "onnx-cpu"]
 
 
 @pytest.mark.parametrize("name", REQUIRED)

@@ -1,0 +1,134 @@
+"""Export to ONNX and write compressed weights as `com.microsoft.MatMulNBits` from the IR's codes.
+
+`torch.onnx.export(dynamo=True)` (TorchScript's exporter fails on transformers 5) traces
+`OnnxLlama` with dynamic batch, sequence and past lengths (opset 18). Every `MatMul(x, w_i)`
+whose weight the IR stores as uniform integer codes is then replaced by MatMulNBits reading
+those very codes — packed low-first along K, [N, k_blocks, blob] — with the IR's fp16 scales
+(as float32) and its integer zero points, so nothing is dequantized and re-quantized and the
+dequantized weight equals the IR's decode exactly. A weight ONNX cannot hold that way raises a
+BackendError naming it (never a silent dense fallback).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BackendError
+from ..ir import Model
+from ..reprs import Dense, Encoded, Quantized, Representation
+
+NBITS = (2, 4, 8)  # bit-widths onnxruntime's CPU MatMulNBits kernel runs
+
+
+def check_weight(rep: Representation, shape: tuple[int, int], name: str) -> str:
+    """'nbits' or 'dense' for what this weight becomes, or BackendError naming it."""
+    if isinstance(rep, Encoded):
+        rep = rep.inner()
+    if isinstance(rep, Dense):
+        return "dense"
+    if isinstance(rep, Quantized):
+        n, k = shape
+        g = rep.group
+        if rep.mins is not None:
+            raise BackendError("llama.cpp-style float mins have no exact MatMulNBits form", tensor=name,
+                               hint="quantize with zero=int (or sym) for the ONNX target")
+        if rep.bits not in NBITS or g < 16 or g & (g - 1) or k % g:
+            raise BackendError(f"int{rep.bits} g{g} does not map onto MatMulNBits exactly", tensor=name,
+                               hint=f"onnx-cpu runs bits {NBITS} with power-of-two groups 16-256 dividing K "
+                                    f"({k}); e.g. quant{{bits=4,group=32}}")
+        return "nbits"
+    raise BackendError(f"the ONNX backend has no exact form for '{rep.describe()}' weights", tensor=name,
+                       hint="onnx-cpu runs dense and quant int2/4/8 weights (MatMulNBits)")
+
+
+def pack_nbits(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """codes [N, K] -> uint8 [N, K / group, group * bits / 8], codes low-first along K."""
+    n, k = codes.shape
+    per = 8 // bits
+    c = codes.astype(np.uint8).reshape(n, k // per, per)
+    packed = np.zeros((n, k // per), dtype=np.uint8)
+    for j in range(per):
+        packed |= (c[:, :, j] << (j * bits)).astype(np.uint8)
+    return packed.reshape(n, k // group, group * bits // 8)
+
+
+def nbits_arrays(q: Quantized) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, scales [N, k_blocks] f32, zero points packed uint8 [N, ceil(k_blocks * bits / 8)])."""
+    n, k = q.codes.shape
+    nb = k // q.group
+    zeros = q.zeros if q.zeros is not None else np.full((n, nb), 1 << (q.bits - 1), dtype=np.uint8)
+    per = 8 // q.bits
+    zpad = np.zeros((n, -(-nb // per) * per), dtype=np.uint8)
+    zpad[:, :nb] = zeros
+    zp = np.zeros((n, zpad.shape[1] // per), dtype=np.uint8)
+    for j in range(per):
+        zp |= (zpad[:, j::per] << (j * q.bits)).astype(np.uint8)
+    return pack_nbits(q.codes, q.bits, q.group), q.scales.astype(np.float32), zp
+
+
+def export_onnx(model: Model, path: Path) -> dict[str, str]:
+    """Write model.onnx (+ external data) at `path`; returns each weight's ONNX form."""
+    import onnx
+
+    from .onnx_model import OnnxLlama
+    reps = {n.name: n for n in model}
+    forms = {}
+    net = OnnxLlama(model).eval()
+    for i, name in enumerate(net.weight_names):
+        forms[name] = check_weight(reps[name].rep, reps[name].shape, name)
+    c = model.config
+    ids = torch.zeros((1, 2), dtype=torch.long)
+    past = torch.zeros((c.num_layers, 1, c.num_kv_heads, 1, c.head_dim))
+    dims = {"B": torch.export.Dim("batch", max=256), "T": torch.export.Dim("seq", max=c.max_position_embeddings),
+            "P": torch.export.Dim("past", max=c.max_position_embeddings)}
+    # two distinct tensors: the same object twice makes the exporter alias keys and values
+    prog = torch.onnx.export(net, (ids, past, past.clone()), dynamo=True, opset_version=18, verbose=False,
+                             input_names=["input_ids", "past_keys", "past_values"],
+                             output_names=["logits", "present_keys", "present_values"],
+                             dynamic_shapes={"input_ids": {0: dims["B"], 1: dims["T"]},
+                                             "past_keys": {1: dims["B"], 3: dims["P"]},
+                                             "past_values": {1: dims["B"], 3: dims["P"]}})
+    proto = prog.model_proto
+    _to_nbits(proto, net, reps, forms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    return forms
+
+
+def _to_nbits(proto, net, reps: dict, forms: dict[str, str]) -> None:
+    from onnx import helper, numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    used: set[str] = set()
+    nodes = []
+    for node in proto.graph.node:
+        w = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else ""
+        if not (w.startswith("w") and w[1:].isdigit() and w in inits):
+            nodes.append(node)
+            continue
+        name = net.weight_names[int(w[1:])]
+        rep = reps[name].rep.inner() if isinstance(reps[name].rep, Encoded) else reps[name].rep
+        if forms[name] != "nbits":
+            nodes.append(node)
+            continue
+        b, s, zp = nbits_arrays(rep)
+        n, k = rep.codes.shape
+        base = f"{w}_nbits"
+        if base not in used:
+            used.add(base)
+            proto.graph.initializer.extend([numpy_helper.from_array(b, base + "_B"),
+                                            numpy_helper.from_array(s, base + "_scales"),
+                                            numpy_helper.from_array(zp, base + "_zp")])
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], base + "_B", base + "_scales", base + "_zp"],
+                                      list(node.output), name=node.name + "_nbits", domain="com.microsoft",
+                                      K=k, N=n, bits=rep.bits, block_size=rep.group))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    live = {i for nd in proto.graph.node for i in nd.input}
+    keep = [t for t in proto.graph.initializer if t.name in live]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
