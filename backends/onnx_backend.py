@@ -47,9 +47,11 @@ def lower_artifact(model: Model, folder: Path, target: Any = None,
     man = {"file": FILE, "layers": c.num_layers, "kv_heads": c.num_kv_heads, "head_dim": c.head_dim,
            "opset": 18, "weights": forms, "bytes": size}
     write_bytes(pkg / "onnx.json", (json.dumps(man, indent=1, sort_keys=True) + "\n").encode())
+    lookup = forms.pop("model.embed_tokens.weight (lookup)")
     nbits = sum(v == "nbits" for v in forms.values())
     return {"backend": "onnx", "package": PACKAGE_DIR, "bytes": size, "bits_per_weight": size * 8 / model.num_params,
-            "matmulnbits": nbits, "dense": len(forms) - nbits, "seconds": round(time.perf_counter() - t0, 1),
+            "matmulnbits": nbits, "dense": len(forms) - nbits,
+            "embedding": "GatherBlockQuantized" if lookup == "gbq" else "dense f32 Gather", "seconds": round(time.perf_counter() - t0, 1),
             "runtime": "onnxruntime (CPU EP)" if runnable() else "onnxruntime not installed: written, not run"}
 
 

@@ -68,6 +68,15 @@ def nbits_arrays(q: Quantized) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pack_nbits(q.codes, q.bits, q.group), q.scales.astype(np.float32), zp
 
 
+def gather_form(rep: Representation, shape: tuple[int, int]) -> str:
+    """'gbq' when the embedding maps exactly onto GatherBlockQuantized (4/8-bit, int zeros), else 'dense'."""
+    if isinstance(rep, Encoded):
+        rep = rep.inner()
+    ok = (isinstance(rep, Quantized) and rep.bits in (4, 8) and rep.mins is None and rep.group >= 16
+          and not rep.group & (rep.group - 1) and shape[1] % rep.group == 0)
+    return "gbq" if ok else "dense"
+
+
 def export_onnx(model: Model, path: Path) -> dict[str, str]:
     """Write model.onnx (+ external data) at `path`; returns each weight's ONNX form."""
     import onnx
@@ -83,14 +92,21 @@ def export_onnx(model: Model, path: Path) -> dict[str, str]:
     past = torch.zeros((c.num_layers, 1, c.num_kv_heads, 1, c.head_dim))
     dims = {"B": torch.export.Dim("batch", max=256), "T": torch.export.Dim("seq", max=c.max_position_embeddings),
             "P": torch.export.Dim("past", max=c.max_position_embeddings)}
+    import logging
+    import warnings
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" x4, etc.
     # two distinct tensors: the same object twice makes the exporter alias keys and values
-    prog = torch.onnx.export(net, (ids, past, past.clone()), dynamo=True, opset_version=18, verbose=False,
-                             input_names=["input_ids", "past_keys", "past_values"],
-                             output_names=["logits", "present_keys", "present_values"],
-                             dynamic_shapes={"input_ids": {0: dims["B"], 1: dims["T"]},
-                                             "past_keys": {1: dims["B"], 3: dims["P"]},
-                                             "past_values": {1: dims["B"], 3: dims["P"]}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(net, (ids, past, past.clone()), dynamo=True, opset_version=18, verbose=False,
+                                 input_names=["input_ids", "past_keys", "past_values"],
+                                 output_names=["logits", "present_keys", "present_values"],
+                                 dynamic_shapes={"input_ids": {0: dims["B"], 1: dims["T"]},
+                                                 "past_keys": {1: dims["B"], 3: dims["P"]},
+                                                 "past_values": {1: dims["B"], 3: dims["P"]}})
     proto = prog.model_proto
+    emb = reps["model.embed_tokens.weight"]
+    forms["model.embed_tokens.weight (lookup)"] = gather_form(emb.rep, emb.shape)
     _to_nbits(proto, net, reps, forms)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -103,7 +119,14 @@ def _to_nbits(proto, net, reps: dict, forms: dict[str, str]) -> None:
     inits = {t.name: t for t in proto.graph.initializer}
     used: set[str] = set()
     nodes = []
+    table = "dense." + net._dense_keys["model.embed_tokens.weight"]
+    tied = "lm_head.weight" not in reps
+    head = f"w{net.index['lm_head.weight']}_nbits"
     for node in proto.graph.node:
+        if node.op_type == "Gather" and node.input[0] == table and forms["model.embed_tokens.weight (lookup)"] == "gbq":
+            shared = head if tied and forms.get("model.embed_tokens.weight") == "nbits" else None
+            nodes.extend(_gather_nodes(node, reps["model.embed_tokens.weight"].rep, proto, shared))
+            continue
         w = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else ""
         if not (w.startswith("w") and w[1:].isdigit() and w in inits):
             nodes.append(node)
@@ -132,3 +155,26 @@ def _to_nbits(proto, net, reps: dict, forms: dict[str, str]) -> None:
     proto.graph.initializer.extend(keep)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _gather_nodes(node, rep: Representation, proto, shared: str | None) -> list:
+    """GatherBlockQuantized over the embedding's codes (quantize axis 1, blocks of `group`). With a
+    tied head (`shared`: its MatMulNBits initializers) the codes are stored once: the gather reads
+    the head's [V, k_blocks, blob] bytes through a Reshape to [V, H * bits / 8]."""
+    from onnx import helper, numpy_helper
+    q = rep.inner() if isinstance(rep, Encoded) else rep
+    v, h = q.codes.shape
+    out = []
+    if shared:
+        data, scales, zp = "embed_q", shared + "_scales", shared + "_zp"
+        proto.graph.initializer.append(numpy_helper.from_array(np.array([v, h * q.bits // 8], np.int64), "embed_shape"))
+        out.append(helper.make_node("Reshape", [shared + "_B", "embed_shape"], [data], name=node.name + "_reshape"))
+    else:
+        b, s, z = nbits_arrays(q)
+        data, scales, zp = "embed_q", "embed_scales", "embed_zp"
+        proto.graph.initializer.extend([numpy_helper.from_array(b.reshape(v, -1), data),
+                                        numpy_helper.from_array(s, scales), numpy_helper.from_array(z, zp)])
+    out.append(helper.make_node("GatherBlockQuantized", [data, node.input[1], scales, zp], list(node.output),
+                                name=node.name + "_gbq", domain="com.microsoft", bits=q.bits, block_size=q.group,
+                                gather_axis=0, quantize_axis=1))
+    return out

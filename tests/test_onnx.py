@@ -24,7 +24,8 @@ def _ir(tiny_dir, tmp_path, pipeline):
 
 @pytest.mark.parametrize("pipeline", ["quant{bits=4,group=32},entropy{codec=rans}",
                                       "quant{bits=8,group=64,sym=true}",
-                                      "quant{bits=2,group=16},quant{bits=4,group=32,match=embed}"])
+                                      "quant{bits=2,group=16},quant{bits=4,group=32,match=embed}",
+                                      "quant{bits=4,group=64},quant{bits=8,group=32,match=embed}"])
 def test_onnxruntime_matches_torch_prefill_and_decode(tiny_dir, tmp_path, pipeline):
     import onnx
 
@@ -39,6 +40,8 @@ def test_onnxruntime_matches_torch_prefill_and_decode(tiny_dir, tmp_path, pipeli
     graph = onnx.load(str(tmp_path / "o" / "model.onnx"), load_external_data=False).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == sum(v == "nbits" for v in forms.values()) >= 14
+    gbq = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gbq) == (forms["model.embed_tokens.weight (lookup)"] == "gbq") == ("match=embed" in pipeline)
     assert not [i for i in graph.initializer if i.name.startswith("w") and i.name[1:].isdigit()
                 and forms[list(forms)[int(i.name[1:])]] == "nbits"]  # no dense copy of a packed weight
     ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -72,3 +75,28 @@ def test_onnx_refusals_name_the_tensor_and_write_nothing(tiny_dir, tmp_path):
         assert not (tmp_path / "x").exists()
     with pytest.raises(TargetError, match="codebook"):  # refused before any work
         compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("codebook{bits=4}"), tmp_path / "x")
+
+
+def test_tied_embedding_is_stored_once_and_gathered_quantized(tiny_tied_dir, tmp_path):
+    """A tied head and its embedding share one copy of the codes: MatMulNBits reads them as
+    [V, blocks, blob], GatherBlockQuantized through a Reshape to [V, H/2]."""
+    import onnx
+
+    from cllm_compiler.backends.onnx_run import OrtModel
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    res = compile_model(tiny_tied_dir, get_target("onnx-cpu"),
+                        parse_pipeline("quant{bits=4,group=32},quant{bits=4,group=32,match=embed}"), tmp_path / "a")
+    assert res.report["lowering"]["embedding"] == "GatherBlockQuantized"
+    graph = onnx.load(str(tmp_path / "a" / "onnx" / "model.onnx"), load_external_data=False).graph
+    names = {i.name for i in graph.initializer}
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    reshape = next(n for n in graph.node if n.output[0] == gbq.input[0])
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == graph.output[0].name
+                or n.op_type == "MatMulNBits" and n.input[1] == reshape.input[0])
+    assert reshape.op_type == "Reshape" and reshape.input[0] == head.input[1]  # the head's codes, read twice
+    assert gbq.input[2] == head.input[2] and "embed_scales" not in names and "embed_q" not in names
+    model = read_container(tmp_path / "a" / "model.cllm")
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref = build_torch_model(model)(ids).logits.numpy()
+    np.testing.assert_allclose(OrtModel(tmp_path / "a" / "onnx")(ids).logits.numpy(), ref, atol=1e-4, rtol=1e-4)

@@ -204,3 +204,29 @@ def test_triton_runtime_on_smollm2_matches_torch(smol, tmp_path):
     net = TritonLlama(model, device="cpu", batch=1, max_len=32, dtype=torch.float32)
     c = compare_logits(ref, net.prefill(ids[None], last_only=False)[0], ids)
     assert c["top1_agree"] == 1.0 and c["kld_mean"] < 1e-8, c  # fp32 kernels: rounding-level agreement
+
+
+def test_onnx_int4_smollm2_matches_torch_on_512_tokens(smol, tmp_path):
+    """Issue 9's first acceptance point: int4 block 32 in onnxruntime vs the torch reference of the
+    same IR on 512 WikiText-2 tokens (top-1 >= 0.99, PPL within 0.5%), size in bpw from file bytes."""
+    import json
+    from cllm_compiler.backends.onnx_run import OrtModel
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.compiler import compile_model
+    from cllm_compiler.container import read_container
+    from cllm_compiler.evaluate import tokenize, wikitext_text
+    from cllm_compiler.pipeline import parse_pipeline
+    from cllm_compiler.targets import get_target
+    from cllm_compiler.validate import compare_logits
+    pipe = "quant{bits=4,group=32},quant{bits=4,group=32,match=embed},entropy"
+    res = compile_model(smol, get_target("onnx-cpu"), parse_pipeline(pipe), tmp_path / "a")
+    low = res.report["lowering"]
+    assert low["matmulnbits"] == 211 and low["dense"] == 0 and low["embedding"] == "GatherBlockQuantized"
+    model = read_container(tmp_path / "a" / "model.cllm")
+    ids = tokenize(model.tokenizer, wikitext_text())[:512]
+    with torch.inference_mode():
+        ref = build_torch_model(model)(ids[None]).logits[0]
+    c = compare_logits(ref, OrtModel(tmp_path / "a" / "onnx")(ids[None]).logits[0], ids)
+    print(json.dumps({"onnx_bpw": low["bits_per_weight"], **c}))
+    assert c["top1_agree"] >= 0.99 and abs(c["ppl_device"] / c["ppl_torch"] - 1) < 0.005
+    assert low["bits_per_weight"] < 5.0  # int4 codes + f32 scales + zero points, embedding included
