@@ -40,12 +40,37 @@ CLLM = {"cllm RTN": "quant{bits=4,group=32},entropy",
         "cllm GPTQ": "calibrate,gptq{bits=4,group=32},entropy"}
 
 
-def ort_configs():
+def _reader_base():
+    from onnxruntime.quantization import CalibrationDataReader
+    return CalibrationDataReader
+
+
+class CalibReader(_reader_base()):
+    """onnxruntime's calibration interface over the text cllm's `calibrate` uses (the packaged
+    book, never WikiText): 8 sequences of 256 tokens, each a prefill with an empty KV cache."""
+
+    def __init__(self, model, layers: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        from cllm_compiler.evaluate import tokenize
+        from cllm_compiler.training.train import text_files
+        ids = tokenize(model.tokenizer, text_files(())[0].read_text()[:200000])
+        empty = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
+        self.items = iter([{"input_ids": ids[i * 256:(i + 1) * 256][None].numpy(), "past_keys": empty,
+                            "past_values": empty.copy()} for i in range(8)])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self) -> None:
+        pass
+
+
+def ort_configs(reader):
     import onnxruntime.quantization.matmul_nbits_quantizer as q
     return {"ORT default (blockwise RTN)": lambda: q.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False),
             "ORT HQQ": lambda: q.HQQWeightOnlyQuantConfig(block_size=32, bits=4),
             "ORT RTN": lambda: q.RTNWeightOnlyQuantConfig(),
-            "ORT GPTQ": lambda: q.GPTQWeightOnlyQuantConfig(calibration_data_reader=None),
+            "ORT GPTQ": lambda: q.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader(), block_size=32),
             "ORT k-quant": lambda: q.KQuantWeightOnlyQuantConfig()}
 
 
@@ -82,7 +107,10 @@ def main() -> int:
     graph = onnx.load(str(fp), load_external_data=False).graph
     head = next(n.name for n in graph.node if n.op_type == "MatMul" and n.output[0] == graph.output[0].name)
     folders, notes = {"fp32 export": work / "fp" / "onnx"}, {}
-    for name, make in ort_configs().items():
+    src_model = load_model(src)
+    c = src_model.config
+    reader = lambda: CalibReader(src_model, c.num_layers, c.num_kv_heads, c.head_dim)  # noqa: E731
+    for name, make in ort_configs(reader).items():
         try:
             ort_quantize(fp, work / name.replace(" ", "_"), make, head)
             folders[name] = work / name.replace(" ", "_")

@@ -1,5 +1,7 @@
-"""Compile a synthetic ~4 GiB checkpoint in a subprocess: peak RSS stays within
-256 MiB + the largest tensor (slow: `pytest -m slow`)."""
+"""Compile a synthetic ~4 GiB checkpoint in a subprocess: the compile's peak RSS stays within the
+process's footprint once cllm and torch are imported + the largest tensor + 128 MiB of working
+memory (slow: `pytest -m slow`). The import footprint is measured, not assumed: torch alone is
+~280 MiB of VmHWM here and varied enough between machines to fail a fixed 256 MiB allowance."""
 import json
 import os
 import struct
@@ -16,6 +18,9 @@ DIM = 8192  # every weight is 8192 x 8192 float32 = 256 MiB
 CHILD = """
 import sys
 from cllm_compiler.cli.compile import main
+import cllm_compiler.passes, cllm_compiler.codecs  # everything the compile imports, before it starts
+base = next(l for l in open("/proc/self/status") if l.startswith("VmRSS"))
+print(int(base.split()[1]))
 rc = main([sys.argv[1], "-o", sys.argv[2], "--eval-windows", "0", "--no-lower",
            "-p", "quant{bits=4,group=128,match=linear|embed|lm_head},entropy{codec=auto}"])
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -61,10 +66,13 @@ def test_four_gib_checkpoint_streams(tmp_path):
     r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out)], env=dict(os.environ, OMP_NUM_THREADS="1"),
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    peak_mib = int(r.stdout.strip().splitlines()[-1]) / 1024
+    lines = r.stdout.strip().splitlines()
+    base_mib, peak_mib = int(lines[0]) / 1024, int(lines[-1]) / 1024
     largest_mib = DIM * DIM * 4 / 2**20
     report = json.loads((out / "report.json").read_text())
+    budget = base_mib + largest_mib + 128
     print(f"\nsource {size / 2**30:.2f} GiB, artifact {report['artifact_bytes'] / 2**20:.0f} MiB, "
-          f"peak RSS {peak_mib:.0f} MiB (budget {256 + largest_mib:.0f} MiB)")
+          f"peak RSS {peak_mib:.0f} MiB = imports {base_mib:.0f} + {peak_mib - base_mib:.0f} "
+          f"(budget {budget:.0f} MiB: imports + largest tensor {largest_mib:.0f} + 128)")
     assert report["streamed"]
-    assert peak_mib <= 256 + largest_mib
+    assert peak_mib <= budget

@@ -100,3 +100,12 @@ def test_tied_embedding_is_stored_once_and_gathered_quantized(tiny_tied_dir, tmp
     with torch.inference_mode():
         ref = build_torch_model(model)(ids).logits.numpy()
     np.testing.assert_allclose(OrtModel(tmp_path / "a" / "onnx")(ids).logits.numpy(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_package_is_deterministic(tiny_dir, tmp_path):
+    import hashlib
+    digests = []
+    for i in range(2):
+        compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("quant{bits=4,group=32}"), tmp_path / f"a{i}")
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / f"a{i}" / "onnx").iterdir()})
+    assert digests[0] == digests[1] and len(digests[0]) == 3
