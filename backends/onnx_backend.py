@@ -41,7 +41,8 @@ def lower_artifact(model: Model, folder: Path, target: Any = None,
     pkg = folder / PACKAGE_DIR
     if progress:
         progress("exporting to ONNX (torch.onnx dynamo)")
-    forms = export_onnx(model, pkg / FILE)
+    notes: list[dict] = []
+    forms = export_onnx(model, pkg / FILE, notes)
     size = sum(f.stat().st_size for f in pkg.iterdir())
     c = model.config
     man = {"file": FILE, "layers": c.num_layers, "kv_heads": c.num_kv_heads, "head_dim": c.head_dim,
@@ -49,9 +50,14 @@ def lower_artifact(model: Model, folder: Path, target: Any = None,
     write_bytes(pkg / "onnx.json", (json.dumps(man, indent=1, sort_keys=True) + "\n").encode())
     lookup = forms.pop("model.embed_tokens.weight (lookup)")
     nbits = sum(v == "nbits" for v in forms.values())
-    return {"backend": "onnx", "package": PACKAGE_DIR, "bytes": size, "bits_per_weight": size * 8 / model.num_params,
-            "matmulnbits": nbits, "dense": len(forms) - nbits,
-            "embedding": "GatherBlockQuantized" if lookup == "gbq" else "dense f32 Gather", "seconds": round(time.perf_counter() - t0, 1),
+    dense = len(forms) - nbits - len(notes)
+    emb = "GatherBlockQuantized" if lookup == "gbq" else "dense f32 Gather"
+    return {"backend": "onnx", "file": f"{PACKAGE_DIR}/{FILE}", "package": PACKAGE_DIR, "bytes": size,
+            "bits_per_weight": size * 8 / model.num_params,
+            "tensor_types": {"MatMulNBits": nbits + len(notes), "MatMul f32": dense, emb: 1},
+            "notes": [f"{n['tensor']}: {n['from']} re-quantized to {n['to']}, relative weight MSE {n['rel_mse']:.2e}"
+                      for n in notes],
+            "matmulnbits": nbits + len(notes), "dense": dense, "requantized": notes, "embedding": emb, "seconds": round(time.perf_counter() - t0, 1),
             "runtime": "onnxruntime (CPU EP)" if runnable() else "onnxruntime not installed: written, not run"}
 
 

@@ -39,8 +39,23 @@ def check_weight(rep: Representation, shape: tuple[int, int], name: str) -> str:
                                hint=f"onnx-cpu runs bits {NBITS} with power-of-two groups 16-256 dividing K "
                                     f"({k}); e.g. quant{{bits=4,group=32}}")
         return "nbits"
+    from ..reprs_codebook import Codebook
+    if isinstance(rep, Codebook) and shape[1] % 32 == 0:
+        return "requant"  # no exact ONNX form that stays compressed in memory: measured re-quantization
     raise BackendError(f"the ONNX backend has no exact form for '{rep.describe()}' weights", tensor=name,
-                       hint="onnx-cpu runs dense and quant int2/4/8 weights (MatMulNBits)")
+                       hint="onnx-cpu runs dense and quant int2/4/8 weights (MatMulNBits); codebooks are "
+                            "re-quantized to int4 g32 with the error reported")
+
+
+def requantize(rep: Representation, name: str) -> tuple[Quantized, dict]:
+    """A codebook weight as int4 block-32 codes (MatMulNBits), with the error this adds: ORT would
+    otherwise constant-fold a Gather(codebook) -> MatMul subgraph into dense f32 at load."""
+    from ..passes.quant import quantize_rtn
+    w = rep.decode()
+    q = quantize_rtn(w, 4, 32, sym=False, search=True)
+    err = (q.decode() - w).pow(2).mean().item()
+    return q, {"tensor": name, "from": rep.describe(), "to": "int4 g32 (MatMulNBits)",
+               "rel_mse": err / max(w.pow(2).mean().item(), 1e-30)}
 
 
 def pack_nbits(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
@@ -77,8 +92,9 @@ def gather_form(rep: Representation, shape: tuple[int, int]) -> str:
     return "gbq" if ok else "dense"
 
 
-def export_onnx(model: Model, path: Path) -> dict[str, str]:
-    """Write model.onnx (+ external data) at `path`; returns each weight's ONNX form."""
+def export_onnx(model: Model, path: Path, notes: list[dict] | None = None) -> dict[str, str]:
+    """Write model.onnx (+ external data) at `path`; returns each weight's ONNX form and appends
+    a note (tensor, formats, relative MSE) to `notes` for every weight re-quantized."""
     import onnx
 
     from .onnx_model import OnnxLlama
@@ -107,14 +123,14 @@ def export_onnx(model: Model, path: Path) -> dict[str, str]:
     proto = prog.model_proto
     emb = reps["model.embed_tokens.weight"]
     forms["model.embed_tokens.weight (lookup)"] = gather_form(emb.rep, emb.shape)
-    _to_nbits(proto, net, reps, forms)
+    _to_nbits(proto, net, reps, forms, notes if notes is not None else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
     return forms
 
 
-def _to_nbits(proto, net, reps: dict, forms: dict[str, str]) -> None:
+def _to_nbits(proto, net, reps: dict, forms: dict[str, str], notes: list[dict]) -> None:
     from onnx import helper, numpy_helper
     inits = {t.name: t for t in proto.graph.initializer}
     used: set[str] = set()
@@ -133,7 +149,10 @@ def _to_nbits(proto, net, reps: dict, forms: dict[str, str]) -> None:
             continue
         name = net.weight_names[int(w[1:])]
         rep = reps[name].rep.inner() if isinstance(reps[name].rep, Encoded) else reps[name].rep
-        if forms[name] != "nbits":
+        if forms[name] == "requant":
+            rep, note = requantize(rep, name)
+            notes.append(note)
+        elif forms[name] != "nbits":
             nodes.append(node)
             continue
         b, s, zp = nbits_arrays(rep)

@@ -60,8 +60,15 @@ def lower_artifact(model: Model, folder: Path, target: Any, progress: Callable[[
                 "kernel_bytes": sum(w["kernel_bytes"] for w in weights.values()),
                 "kernels": [k.report() for k in kernels]}
     write_bytes(pkg / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    return {"package": PACKAGE_DIR, "arch": f"sm_{arch}", "kernels": len(kernels),
-            "kernel_bytes": manifest["kernel_bytes"], "seconds": round(time.perf_counter() - t0, 2)}
+    formats: dict[str, int] = {}
+    for w in weights.values():
+        formats[w["format"]] = formats.get(w["format"], 0) + 1
+    return {"backend": "triton", "file": f"{PACKAGE_DIR}/ ({len(kernels)} sm_{arch} cubins)", "package": PACKAGE_DIR,
+            "bytes": manifest["kernel_bytes"], "bits_per_weight": manifest["kernel_bytes"] * 8 / model.num_params,
+            "tensor_types": formats, "notes": [], "arch": f"sm_{arch}", "kernels": len(kernels),
+            "kernel_bytes": manifest["kernel_bytes"], "seconds": round(time.perf_counter() - t0, 2),
+            "runtime": ("Triton kernels on this GPU" if cuda_available() else
+                        "no CUDA GPU here: kernels compiled ahead of time, not run (cllm-run --device cuda on a GPU)")}
 
 
 def cuda_available() -> bool:

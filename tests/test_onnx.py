@@ -73,8 +73,21 @@ def test_onnx_refusals_name_the_tensor_and_write_nothing(tiny_dir, tmp_path):
         with pytest.raises(BackendError, match=f"model.layers.0.*{match}"):
             compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline(pipe), tmp_path / "x")
         assert not (tmp_path / "x").exists()
-    with pytest.raises(TargetError, match="codebook"):  # refused before any work
-        compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("codebook{bits=4}"), tmp_path / "x")
+    with pytest.raises(TargetError, match="sparse"):  # refused before any work
+        compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("nm{n=2,m=4,method=magnitude}"), tmp_path / "x")
+
+
+def test_codebooks_are_requantized_explicitly_with_their_error(tiny_dir, tmp_path):
+    """ORT would fold a Gather(codebook)->MatMul into dense f32 at load: cllm re-quantizes each
+    codebook weight to int4 g32 instead, reports the added error per tensor, and the ONNX file
+    computes exactly that re-quantized model."""
+    res = compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("codebook{bits=3,scope=row}"),
+                        tmp_path / "a", eval_windows=1, seqlen=128)
+    low = res.report["lowering"]
+    assert len(low["requantized"]) == 14 and low["matmulnbits"] == 14
+    assert all(0 < n["rel_mse"] < 0.05 and n["from"].startswith("lut 3b") for n in low["requantized"])
+    b = res.report["eval"]["backends"]["onnxruntime"]
+    assert b["vs_torch_same_weights"]["kld_mean"] > 1e-7  # not the codebook model: the re-quantized one
 
 
 def test_tied_embedding_is_stored_once_and_gathered_quantized(tiny_tied_dir, tmp_path):
@@ -109,3 +122,13 @@ def test_onnx_package_is_deterministic(tiny_dir, tmp_path):
         compile_model(tiny_dir, get_target("onnx-cpu"), parse_pipeline("quant{bits=4,group=32}"), tmp_path / f"a{i}")
         digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / f"a{i}" / "onnx").iterdir()})
     assert digests[0] == digests[1] and len(digests[0]) == 3
+
+
+@pytest.mark.parametrize("target", ["onnx-cpu", "h100"])
+def test_cllm_compile_cli_prints_the_lowering_for_every_backend(tiny_dir, tmp_path, target, capsys):
+    from cllm_compiler.cli.compile import main
+    pipe = "codebook{bits=4,scope=row}" if target == "onnx-cpu" else "quant{bits=4,group=64}"
+    assert main([str(tiny_dir), "-t", target, "-o", str(tmp_path / "a"), "-p", pipe, "--eval-windows", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert ("MatMulNBits x14" in printed and "re-quantized to int4 g32" in printed) if target == "onnx-cpu" \
+        else ("q4g64i x14" in printed and "sm_90 cubins" in printed)

@@ -42,17 +42,17 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
         t.add_row("PPL / KLD", "-", "not evaluated (--eval-windows 0)")
     low = report["lowering"]
     if isinstance(low, dict):
-        t.add_row(f"{low['backend']} file ({low['file']}): size / bits/weight", "",
-                  f"{_mb(low['bytes'])} / {low['bits_per_weight']:.3f}")
+        t.add_row(f"{low.get('backend', '?')} file ({low.get('file', '?')}): size / bits/weight", "",
+                  f"{_mb(low.get('bytes', 0))} / {low.get('bits_per_weight', 0):.3f}")
     t.add_row("compile time / peak RSS", "", f"{report['timing']['compile_s']:.1f} s / {report['peak_rss_mib']:.0f} MiB")
     est = report["estimates"]["decode_tokens_per_s_bandwidth_bound"]
     t.add_row("decode tok/s on target (estimated, roofline)", "", f"{est:,.0f}")
     out.print(t)
     out.print(f"[dim]pipeline: {report['pipeline']}[/]", highlight=False)
     if isinstance(low, dict):
-        types = ", ".join(f"{k} x{v}" for k, v in low["tensor_types"].items())
-        out.print(f"[dim]{low['file']}: {types}; runtime: {low['runtime']}[/]", highlight=False)
-        for n in low["notes"]:
+        types = ", ".join(f"{k} x{v}" for k, v in low.get("tensor_types", {}).items())
+        out.print(f"[dim]{low.get('file', '?')}: {types}; runtime: {low.get('runtime', '?')}[/]", highlight=False)
+        for n in low.get("notes", []):
             out.print(f"[yellow]note:[/] {n}", highlight=False, soft_wrap=True)
     else:
         out.print(f"[dim]{low}[/]", highlight=False)
