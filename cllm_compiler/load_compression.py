@@ -72,12 +72,19 @@ def _codebook(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor
     return cb
 
 
+def _zero_mode(t: dict[str, Any]) -> str:
+    return "sym" if t["sym"] else t.get("zero", "int")
+
+
+def _quantized(codes: np.ndarray, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized:
+    """The record's grid (fp16 scales; int zeros or fp16 mins) around these codes."""
+    zmode = _zero_mode(t)
+    return Quantized(codes, arrays["scales"].numpy(), arrays["zeros"].to(torch.uint8).numpy() if zmode == "int" else None,
+                     int(t["bits"]), int(t["group"]), arrays["mins"].numpy() if zmode == "float" else None)
+
+
 def _lowrank(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> LowRank:
-    bits, group, zmode = int(t["bits"]), int(t["group"]), "sym" if t["sym"] else t.get("zero", "int")
-    base = Quantized(arrays["codes"].numpy(), arrays["scales"].numpy(),
-                     arrays["zeros"].numpy() if zmode == "int" else None, bits, group,
-                     arrays["mins"].numpy() if zmode == "float" else None)
-    lr = LowRank(arrays["U"], arrays["V"], base, "f16")
+    lr = LowRank(arrays["U"], arrays["V"], _quantized(arrays["codes"].numpy(), t, arrays), "f16")
     if lr.rank != int(t["rank"]) or not torch.equal(lr.decode(), w):
         raise ValueError("the weights do not decode exactly from U V + their quantized residual")
     return lr
@@ -102,7 +109,7 @@ def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) ->
     else:
         vals = w
     scale = arrays["scales"].to(torch.float32)
-    zmode = "sym" if sym else t.get("zero", "int")
+    zmode = _zero_mode(t)
     x, g, ng = _grouped(vals, group)
     if zmode == "float":
         codes = torch.round((x - arrays["mins"].to(torch.float32)[..., None]) / scale[..., None])
@@ -112,9 +119,7 @@ def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) ->
     codes = codes.reshape(rows, -1)[:, :vals.shape[1]]
     if codes.min() < 0 or codes.max() > (1 << bits) - 1:
         raise ValueError(f"codes fall outside {bits} bits")
-    q = Quantized(codes.to(torch.uint8).numpy(), arrays["scales"].numpy(),
-                  arrays["zeros"].to(torch.uint8).numpy() if zmode == "int" else None, bits, group,
-                  arrays["mins"].numpy() if zmode == "float" else None)
+    q = _quantized(codes.to(torch.uint8).numpy(), t, arrays)
     if not torch.equal(q.decode(), vals):
         raise ValueError("the weights do not decode exactly from their codes")
     return q if mask is None else Sparse(mask.numpy(), q, n, m)

@@ -28,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 @torch.no_grad()
-def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQuantizer], out: Path, bits: int | None = None,
+def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQuantizer | LowRankQuantizer], out: Path, bits: int | None = None,
            source: Path | None = None, force: bool = False) -> dict:
     """Write the checkpoint at `bits` (default: each layer's largest choice); returns the spec."""
     from safetensors.torch import save_file
@@ -43,39 +43,18 @@ def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQua
             extra[f"{name}.codes"] = parts["codes"].to(torch.uint8).contiguous()
             spec[name] = {"format": "codebook", "bits": wq.kbits, "d": wq.d, "scope": wq.scope, "group": wq.group}
             continue
-        if isinstance(wq, LowRankQuantizer):
-            b = bits if bits in wq.choices else max(wq.choices)
-            old, wq.bits = wq.bits, b
-            weights[name] = wq(w).contiguous()
-            parts = wq.parts(w, b)
-            wq.bits = old
-            extra |= {f"{name}.{k}": v.contiguous() for k, v in parts.items() if k in ("U", "V")}
+        weights[name], parts, b = _at_bits(wq, w, bits, name)
+        grid = wq.base if isinstance(wq, LowRankQuantizer) else wq
+        extra |= _grid_arrays(name, parts, grid.zero)
+        if isinstance(wq, LowRankQuantizer):  # codes are not recoverable from U V + R: store them
+            extra |= {f"{name}.{k}": parts[k].contiguous() for k in ("U", "V")}
             extra[f"{name}.codes"] = parts["codes"].to(torch.uint8).contiguous()
-            extra[f"{name}.scales"] = parts["scales"].half().contiguous()
-            if wq.base.zero == "int":
-                extra[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
-            elif wq.base.zero == "float":
-                extra[f"{name}.mins"] = parts["mins"].half().contiguous()
-            spec[name] = {"format": "lowrank", "rank": wq.rank, "bits": b, "group": wq.base.group,
-                          "sym": wq.base.sym, "zero": wq.base.zero, "nm": None}
-            continue
-        b = bits if bits in wq.choices else max(wq.choices)
-        if bits is not None and bits not in wq.choices:
-            raise ValueError(f"{name} was trained for bits {wq.choices}, not {bits}")
-        old, wq.bits = wq.bits, b
-        weights[name] = wq(w).contiguous()  # exactly the forward the model trained with
-        parts = wq.parts(w, b)
-        wq.bits = old
-        extra[f"{name}.scales"] = parts["scales"].half().contiguous()
-        if wq.zero == "int":
-            extra[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
-        elif wq.zero == "float":
-            extra[f"{name}.mins"] = parts["mins"].half().contiguous()
         if "mask" in parts:
             packed = np.packbits(parts["mask"].cpu().numpy(), axis=1, bitorder="little")
             extra[f"{name}.mask"] = torch.from_numpy(packed)
-        spec[name] = {"format": "sparse+quant" if wq.nm else "quant", "bits": b, "group": wq.group, "sym": wq.sym, "zero": wq.zero,
-                      "nm": list(wq.nm) if wq.nm else None}
+        fmt = "lowrank" if isinstance(wq, LowRankQuantizer) else "sparse+quant" if wq.nm else "quant"
+        spec[name] = {"format": fmt, "bits": b, "group": grid.group, "sym": grid.sym, "zero": grid.zero,
+                      "nm": list(wq.nm) if wq.nm else None} | ({"rank": wq.rank} if fmt == "lowrank" else {})
     sd = {}
     for k, v in model.state_dict().items():
         if ".parametrizations." in k:
@@ -96,3 +75,26 @@ def export(model: nn.Module, quantizers: dict[str, WeightQuantizer | CodebookQua
             if source is not None and (source / f).is_file():
                 shutil.copyfile(source / f, tmp / f)
     return doc
+
+
+def _at_bits(wq: WeightQuantizer | LowRankQuantizer, w: torch.Tensor, bits: int | None,
+             name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """(stored weight, parts, bit-width) at `bits` (default: the largest trained choice)."""
+    if bits is not None and bits not in wq.choices:
+        raise ValueError(f"{name} was trained for bits {wq.choices}, not {bits}")
+    b = bits or max(wq.choices)
+    old, wq.bits = wq.bits, b
+    try:
+        return wq(w).contiguous(), wq.parts(w, b), b  # exactly the forward the model trained with
+    finally:
+        wq.bits = old
+
+
+def _grid_arrays(name: str, parts: dict[str, torch.Tensor], zero: str) -> dict[str, torch.Tensor]:
+    """fp16 scales, plus int zero points or fp16 mins as the grid has them (none when symmetric)."""
+    out = {f"{name}.scales": parts["scales"].half().contiguous()}
+    if zero == "int":
+        out[f"{name}.zeros"] = parts["zeros"].to(torch.uint8).contiguous()
+    elif zero == "float":
+        out[f"{name}.mins"] = parts["mins"].half().contiguous()
+    return out
