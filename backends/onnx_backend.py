@@ -22,22 +22,10 @@ def runnable() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def check_model(model: Model) -> dict[str, str]:
-    """Each matmul weight's ONNX form, or a BackendError naming the first that has none; no work."""
-    from .onnx_export import check_weight
-    from .onnx_model import PROJ
-    names = [f"model.layers.{i}.{p}.weight" for i in range(model.config.num_layers) for p in PROJ]
-    nodes = {n.name: n for n in model}
-    head = nodes.get("lm_head.weight") or nodes["model.embed_tokens.weight"]
-    return {n: check_weight(nodes[n].rep, nodes[n].shape, n) for n in names} | {
-        head.name: check_weight(head.rep, head.shape, head.name)}
-
-
 def lower_artifact(model: Model, folder: Path, target: Any = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     from .onnx_export import export_onnx
     t0 = time.perf_counter()
-    check_model(model)  # refuse before the (slow) export
     pkg = folder / PACKAGE_DIR
     if progress:
         progress("exporting to ONNX (torch.onnx dynamo)")

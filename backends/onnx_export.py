@@ -97,12 +97,11 @@ def export_onnx(model: Model, path: Path, notes: list[dict] | None = None) -> di
     a note (tensor, formats, relative MSE) to `notes` for every weight re-quantized."""
     import onnx
 
-    from .onnx_model import OnnxLlama
+    from .onnx_model import OnnxLlama, matmul_weights
     reps = {n.name: n for n in model}
-    forms = {}
+    # refuse before the module decodes every weight and the (slow) export runs
+    forms = {n.name: check_weight(n.rep, n.shape, n.name) for _, n in matmul_weights(model)}
     net = OnnxLlama(model).eval()
-    for i, name in enumerate(net.weight_names):
-        forms[name] = check_weight(reps[name].rep, reps[name].shape, name)
     c = model.config
     ids = torch.zeros((1, 2), dtype=torch.long)
     past = torch.zeros((c.num_layers, 1, c.num_kv_heads, 1, c.head_dim))

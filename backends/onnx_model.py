@@ -13,24 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ir import Model
+from ..ir import Model, TensorNode
+from .torch_ref import rope_inv_freq
 
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def matmul_weights(model: Model) -> list[tuple[str, TensorNode]]:
+    """(role, IR node) of every MatMul weight in graph order: buffer w{i} is entry i. The head's
+    role is lm_head.weight; with tied embeddings its node is the embedding."""
+    nodes = {n.name: n for n in model}
+    names = [f"model.layers.{i}.{p}.weight" for i in range(model.config.num_layers) for p in PROJ]
+    return [(n, nodes[n]) for n in names] + [("lm_head.weight", nodes.get("lm_head.weight")
+                                              or nodes["model.embed_tokens.weight"])]
 
 
 class OnnxLlama(nn.Module):
     def __init__(self, model: Model) -> None:
         super().__init__()
         self.cfg = c = model.config
-        nodes = {n.name: n for n in model}
-        self.weight_names: list[str] = []  # buffer w{i} holds the transpose of weight_names[i]
+        self.weight_names: list[str] = []  # buffer w{i} holds the transpose of IR node weight_names[i]
         self.index: dict[str, int] = {}
-        for name in [f"model.layers.{i}.{p}.weight" for i in range(c.num_layers) for p in PROJ] + ["lm_head.weight"]:
-            src = nodes.get(name) or nodes["model.embed_tokens.weight"]  # tied head: the embedding
-            self.index[name] = len(self.weight_names)
-            self.register_buffer(f"w{len(self.weight_names)}", src.rep.decode().T.contiguous())
-            self.weight_names.append(src.name if name == "lm_head.weight" and name not in nodes else name)
+        for role, node in matmul_weights(model):
+            self.index[role] = len(self.weight_names)
+            self.register_buffer(f"w{len(self.weight_names)}", node.rep.decode().T.contiguous())
+            self.weight_names.append(node.name)
         self.dense = nn.ParameterDict()  # norms, biases, embedding table: stay float
         self._dense_keys: dict[str, str] = {}
         for n in model:
@@ -38,8 +46,7 @@ class OnnxLlama(nn.Module):
                 key = f"d{len(self._dense_keys)}"
                 self._dense_keys[n.name] = key
                 self.dense[key] = nn.Parameter(n.rep.decode(), requires_grad=False)
-        exps = torch.arange(0, c.head_dim, 2, dtype=torch.int64).to(torch.float32) / c.head_dim
-        self.register_buffer("inv_freq", 1.0 / (c.rope_theta ** exps))
+        self.register_buffer("inv_freq", rope_inv_freq(c))
 
     def _w(self, name: str) -> torch.Tensor:
         return getattr(self, f"w{self.index[name]}")

@@ -10,6 +10,12 @@ from ..errors import EvalError
 from ..ir import Model, ModelConfig
 
 
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """RoPE inverse frequencies exactly as transformers computes them (float32)."""
+    exps = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).to(torch.float32) / cfg.head_dim
+    return 1.0 / (cfg.rope_theta ** exps)
+
+
 def hf_config(cfg: ModelConfig):
     import transformers
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,

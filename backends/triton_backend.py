@@ -19,13 +19,9 @@ import torch
 from ..atomic import write_bytes
 from ..errors import BackendError
 from ..ir import Model
-from .triton_layout import lower_weight
+from .triton_layout import is_matmul, lower_weight
 
 PACKAGE_DIR = "triton"
-
-
-def is_matmul(name: str) -> bool:
-    return name.endswith("proj.weight") or name == "lm_head.weight"
 
 
 def arch_of(target: Any) -> int:

@@ -34,6 +34,11 @@ from ..reprs_sparse import Sparse
 ZERO_MODES = {"sym": 0, "int": 1, "float": 2}
 
 
+def is_matmul(name: str) -> bool:
+    """Weights the kernels read compressed: every projection and the LM head."""
+    return name.endswith("proj.weight") or name == "lm_head.weight"
+
+
 @dataclass(frozen=True)
 class Spec:
     """Static facts one kernel specialisation is compiled for (all Triton constexprs)."""
@@ -49,10 +54,6 @@ class Spec:
     stages: int = 1        # vq: additive codebooks
     nm: tuple[int, int] = (0, 0)  # sparse: keep n of every m
     rank: int = 0          # fused low-rank epilogue (0: none)
-
-    @property
-    def per(self) -> int:
-        return 32 // self.bits
 
     def tag(self) -> str:
         t = {"dense": "f16", "quant": f"q{self.bits}g{self.group}{self.zero[0]}",

@@ -16,11 +16,9 @@ import torch.nn.functional as F
 
 from ..errors import BackendError
 from ..ir import Model
-from .triton_layout import GpuWeight, lower_weight
+from .torch_ref import rope_inv_freq
+from .triton_layout import GpuWeight, is_matmul, lower_weight
 from .triton_ops import matmul
-
-PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class TritonLlama:
@@ -37,7 +35,7 @@ class TritonLlama:
         for i, (name, node) in enumerate(nodes.items()):
             if progress:
                 progress(f"loading weights {i + 1}/{len(nodes)}")
-            if node.name.endswith("proj.weight") or name == "lm_head.weight":
+            if is_matmul(name):
                 self.w[name] = lower_weight(node.rep, node.shape, name).to(self.device)
             else:  # embeddings (a lookup), norms and biases: small or gathered, kept dense
                 self.dense[name] = node.rep.decode().to(self.device, self.dtype)
@@ -45,8 +43,7 @@ class TritonLlama:
             emb = nodes["model.embed_tokens.weight"]
             self.w["lm_head.weight"] = lower_weight(emb.rep, emb.shape, emb.name).to(self.device)
         c = self.cfg
-        exps = torch.arange(0, c.head_dim, 2, dtype=torch.int64).to(torch.float32) / c.head_dim
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), 1.0 / (c.rope_theta ** exps))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), rope_inv_freq(c))
         emb = torch.cat([freqs, freqs], -1)
         self.cos, self.sin = emb.cos().to(self.device, self.dtype), emb.sin().to(self.device, self.dtype)
         shape = (c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim)
@@ -72,7 +69,7 @@ class TritonLlama:
         rot = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * self.cos[positions] + rot * self.sin[positions]
 
-    def _attn(self, i: int, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _attn(self, i: int, h: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         c, p = self.cfg, f"model.layers.{i}."
         b, t, _ = h.shape
         q = self._lin(p + "self_attn.q_proj", h).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
@@ -81,8 +78,6 @@ class TritonLlama:
         q, k = self._rope(q, positions), self._rope(k, positions)
         self.k_cache[i].index_copy_(2, positions, k)  # fixed shapes: graph-capturable
         self.v_cache[i].index_copy_(2, positions, v)
-        slots = torch.arange(self.max_len, device=self.device)
-        mask = slots[None, :] <= positions[:, None]  # [T, max_len]: causal over what is written
         o = F.scaled_dot_product_attention(q, self.k_cache[i][:b], self.v_cache[i][:b], attn_mask=mask,
                                            enable_gqa=c.num_heads != c.num_kv_heads)
         return self._lin(p + "self_attn.o_proj", o.transpose(1, 2).reshape(b, t, -1))
@@ -93,9 +88,11 @@ class TritonLlama:
             raise BackendError(f"batch {ids.shape[0]} exceeds the runtime's {self.batch}",
                                hint="create the runtime with a larger batch")
         x = self.dense["model.embed_tokens.weight"][ids]
+        slots = torch.arange(self.max_len, device=self.device)
+        mask = slots[None, :] <= positions[:, None]  # [T, max_len]: causal over what is written; one per step
         for i in range(self.cfg.num_layers):
             p = f"model.layers.{i}."
-            x = x + self._attn(i, self._norm(x, p + "input_layernorm.weight"), positions)
+            x = x + self._attn(i, self._norm(x, p + "input_layernorm.weight"), positions, mask)
             h = self._norm(x, p + "post_attention_layernorm.weight")
             g = self._lin(p + "mlp.gate_proj", h)
             x = x + self._lin(p + "mlp.down_proj", F.silu(g.float()).to(self.dtype) * self._lin(p + "mlp.up_proj", h))

@@ -140,6 +140,5 @@ class LlamaTVM(nn.Module):
 
 def inv_freq(cfg: ModelConfig) -> np.ndarray:
     """RoPE inverse frequencies exactly as transformers computes them (float32)."""
-    import torch
-    exps = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).to(torch.float32) / cfg.head_dim
-    return (1.0 / (cfg.rope_theta ** exps)).numpy().astype(np.float32)
+    from .torch_ref import rope_inv_freq
+    return rope_inv_freq(cfg).numpy().astype(np.float32)

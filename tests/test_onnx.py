@@ -14,8 +14,6 @@ from cllm_compiler.errors import BackendError, TargetError
 from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.targets import get_target
 
-pytest.importorskip("onnxruntime")
-
 
 def _ir(tiny_dir, tmp_path, pipeline):
     compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipeline), tmp_path / "ir", lower=False)
