@@ -1,13 +1,16 @@
-"""Energy on NVIDIA GPUs: NVML's total-energy counter (millijoules since driver load, Volta+).
+"""Energy of a block of GPU work from NVML's total-energy counter (cllm_compiler.energy.nvml).
 
-`EnergyMeter` reads the counter before and after a block of work, so J/token is measured, not
-estimated. Where NVML or the counter is missing (no GPU, an old GPU, no nvidia-ml-py) it says so
-in `reason` and reports no number: a figure without a meter behind it would be a guess.
+`EnergyMeter` reads the counter before and after, so J/token is measured, not estimated, and the
+raw counter values travel with it. Where NVML or the counter is missing (no GPU, an old GPU, no
+nvidia-ml-py) it says so in `source` and gives no number: a figure without a meter is a guess.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
+
+from ..energy.nvml import NvmlReader
 
 
 @dataclass
@@ -15,6 +18,7 @@ class Energy:
     joules: float | None
     seconds: float
     source: str  # "nvml total-energy counter (GPU i)" or why there is no number
+    raw: dict[str, Any] = field(default_factory=dict)
 
     def per(self, count: int) -> float | None:
         return None if self.joules is None or count <= 0 else self.joules / count
@@ -23,50 +27,25 @@ class Energy:
 class EnergyMeter:
     """with EnergyMeter(index) as e: ...; then e.result (an Energy)."""
 
-    def __init__(self, index: int = 0) -> None:
-        self.index, self.handle, self.reason = index, None, ""
-        self._nvml: Any = None
-        try:
-            import pynvml  # nvidia-ml-py
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # probe: not all GPUs count energy
-            self._nvml = pynvml
-        except ImportError:
-            self.reason = "no energy reading: nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-        except Exception as e:  # pynvml raises NVMLError_* subclasses for every missing piece
-            self.handle = None
-            self.reason = f"no energy reading: NVML unavailable ({type(e).__name__}: {e})"
+    def __init__(self, index: int = 0, reader: NvmlReader | None = None) -> None:
+        self.reader = reader or NvmlReader(index)
+        why = self.reader.probe()
+        self.reason = f"no energy reading: {why}" if why else ""
         self.result = Energy(None, 0.0, self.reason)
 
     @property
     def available(self) -> bool:
-        return self._nvml is not None
-
-    def _read_mj(self) -> int:
-        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+        return not self.reason
 
     def __enter__(self) -> "EnergyMeter":
-        import time
         self._t0 = time.perf_counter()
-        self._e0 = self._read_mj() if self.available else 0
+        if self.available:
+            self.reader.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import time
-        dt = time.perf_counter() - self._t0
         if self.available:
-            self.result = Energy((self._read_mj() - self._e0) / 1000.0, dt,
-                                 f"nvml total-energy counter (GPU {self.index})")
+            r = self.reader.stop()
+            self.result = Energy(r.joules, r.seconds, r.meter, r.raw)
         else:
-            self.result = Energy(None, dt, self.reason)
-
-
-def power_draw_w(index: int = 0) -> float | None:
-    """Instantaneous board power in watts (for an idle-draw baseline), or None without NVML."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(index)) / 1000.0
-    except Exception:
-        return None
+            self.result = Energy(None, time.perf_counter() - self._t0, self.reason)

@@ -82,6 +82,12 @@ class TritonRunner:
         from types import SimpleNamespace
         return SimpleNamespace(logits=self.net.prefill(x, last_only=False).float().cpu())
 
+    def speed(self, prompt: list[int], new_tokens: int = 64) -> dict[str, float]:
+        """The runners' interface for cllm-validate: one timed prefill + CUDA-graph decode run."""
+        from .triton_run import decode_speed
+        r = decode_speed(self.net, prompt, new_tokens, repeats=1)
+        return {"prefill_tok_s": r["prefill_tok_s"], "decode_tok_s": r["decode_tok_s"]}
+
     def close(self) -> None:
         del self.net
         torch.cuda.empty_cache()

@@ -41,7 +41,7 @@ def decode_speed(net: TritonLlama, prompt: list[int], new_tokens: int = 64, repe
     ids = torch.tensor([prompt] * net.batch, device=net.device)
     step = DecodeGraph(net)
     generate_ids(net, prompt[:8], 2, step=step)  # warm-up: JIT compile, graph capture
-    pre, dec, joules = [], [], []
+    pre, dec, joules, raws = [], [], [], []
     meter_src = ""
     for _ in range(repeats):
         _sync(net)
@@ -59,9 +59,11 @@ def decode_speed(net: TritonLlama, prompt: list[int], new_tokens: int = 64, repe
         meter_src = e.source
         if e.joules is not None:
             joules.append(e.joules / (new_tokens * net.batch))
+            raws.append({"joules": e.joules, "seconds": round(e.seconds, 6), **e.raw})
     med = lambda v: sorted(v)[len(v) // 2] if v else None  # noqa: E731
     return {"prefill_tok_s": round(med(pre), 1), "decode_tok_s": round(med(dec), 1),
             "decode_j_per_token": None if not joules else round(med(joules), 5), "energy_source": meter_src,
+            "energy_raw": raws,
             "batch": net.batch, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "repeats": repeats,
             "weight_bytes_read": net.weight_bytes(), "cuda_graph": net.device.type == "cuda",
             "label": f"measured: Triton kernels on {_device_name(net)}"}
@@ -76,5 +78,5 @@ def _device_name(net: TritonLlama) -> str:
 class _NoMeter(EnergyMeter):
     def __init__(self) -> None:
         super().__init__()
-        self._nvml = None
         self.reason = "no energy reading: not on a GPU"
+        self.result.source = self.reason

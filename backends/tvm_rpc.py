@@ -96,6 +96,7 @@ class RemoteSession:
         return {"prefill_ms_p50": q(pre, 50), "prefill_ms_p95": q(pre, 95), "decode_ms_p50": q(dec, 50),
                 "decode_ms_p95": q(dec, 95), "prefill_tok_s": prompt / (q(pre, 50) / 1e3),
                 "decode_tok_s": 1e3 / q(dec, 50), "prompt_tokens": prompt, "repeats": repeats,
+                "prefill_samples_ms": [x * 1e3 for x in pre], "decode_samples_ms": [x * 1e3 for x in dec],
                 "label": f"measured on the device ({self.device['url']}) with TVM time_evaluator"}
 
     def close(self) -> None:

@@ -105,8 +105,10 @@ class Calibration:
         # H is symmetric: store its upper triangle only (halves a file that is in^2 floats per input)
         tensors = {f"{k}::H": v[tuple(torch.triu_indices(*v.shape))].contiguous() for k, v in self.hessian.items()}
         tensors |= {f"{k}::absmean": v.contiguous() for k, v in self.absmean.items()}
-        meta = {"key": json.dumps(self.key, sort_keys=True), "tokens": str(self.tokens),
-                "alias": json.dumps(self.alias, sort_keys=True)}
+        tensors = dict(sorted(tensors.items()))  # same bytes whether collected or loaded from a cache
+        # one metadata entry: safetensors writes several in hash-map order, so the bytes would vary
+        meta = {"cllm": json.dumps({"key": json.dumps(self.key, sort_keys=True), "tokens": str(self.tokens),
+                                    "alias": json.dumps(self.alias, sort_keys=True)}, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
@@ -119,6 +121,7 @@ class Calibration:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+                meta = json.loads(meta["cllm"]) if "cllm" in meta else meta
                 if meta.get("key") != json.dumps(key, sort_keys=True):
                     return None
                 cal = cls(key, tokens=int(meta["tokens"]), alias=dict(json.loads(meta["alias"])))

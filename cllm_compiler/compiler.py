@@ -140,9 +140,11 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
                   instruments: list[Instrument] | None = None,
                   on_step: Callable[[str], None] = lambda s: None,
                   write_progress: Callable[[str], None] | None = None,
-                  eval_progress: Callable[[int, int], None] | None = None, lower: bool = True) -> CompileResult:
+                  eval_progress: Callable[[int, int], None] | None = None, lower: bool = True,
+                  reuse: tuple[Path, ...] = (), plan: dict[str, Any] | None = None) -> CompileResult:
     """Compile `model_path` for `target`; the artifact folder appears only when complete.
-    `lower=False` stops at the portable .cllm (no backend build)."""
+    `lower=False` stops at the portable .cllm (no backend build); `reuse`: folders whose cached
+    calibration may be reused (a multi-target run shares one); `plan`: recorded in the report."""
     t0 = time.perf_counter()
     lowers = lower and target.backend in LOWERED
     if lowers and target.backend in ("tvm", "triton", "onnx"):
@@ -151,7 +153,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     pm_instruments: list[Instrument] = [TimingInstrument(), *(instruments or [])]
     if dump_ir:
         pm_instruments.append(IRDumpInstrument(dump_ir))
-    ctx = PassContext(reuse=(Path(out),) if Path(out).is_dir() else ())
+    ctx = PassContext(reuse=((Path(out),) if Path(out).is_dir() else ()) + tuple(reuse))
     manager = PassManager(passes, pm_instruments, ctx)
     with atomic_dir(out, force=force) as tmp:
         on_step(f"loading {model_path}")
@@ -165,6 +167,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
         t_compile = time.perf_counter() - t0
         report: dict[str, Any] = {
             "target": target.name, "backend": target.backend, "pipeline": pipeline_text(passes),
+            **({"plan": plan} if plan else {}), "source_sha256": str(model.source.get("sha256", "")),
             "params": model.num_params, "artifact_bytes": size, "bits_per_weight": size * 8 / model.num_params,
             "source_bytes": source_size(model.source.get("path")), "f16_bytes": model.num_params * 2,
             "timing": {"load_s": round(t_load, 2), "compile_s": round(t_compile, 2),

@@ -27,8 +27,9 @@ def test_compile_end_to_end_prints_summary(tiny_dir, tmp_path, capsys):
     assert rep["target"] == "jetson-orin-nano-8gb" and rep["eval"]["compressed"]["windows"] == 1
     assert rep["eval"]["compressed"]["kld_mean"] > 0 and rep["eval"]["reference"]["kld_mean"] == 0
     assert all(t["sqnr_db"] > 5 for t in rep["tensors"] if t["mse"])
-    assert len(rep["timing"]["passes"]) == 3 and "estimated" in rep["estimates"]["label"]
-    assert sorted(p.name for p in (tmp_path / "ir").iterdir())[0].startswith("01-quant")
+    assert len(rep["timing"]["passes"]) == 4 and "estimated" in rep["estimates"]["label"]  # the plan: calibrate,gptq,quant,entropy
+    assert rep["plan"]["pipeline"].startswith("calibrate,gptq{bits=4,group=64}")
+    assert sorted(p.name for p in (tmp_path / "ir").iterdir())[0].startswith("01-calibrate")
     # An existing artifact is not overwritten without --force.
     assert compile_main([str(tiny_dir), "-o", str(out), "--eval-windows", "0"]) == 2
     assert "already exists" in capsys.readouterr().err

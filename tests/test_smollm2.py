@@ -103,7 +103,7 @@ def test_gguf_generates_sensible_text_in_a_fresh_process(smol, tmp_path):
 
 @pytest.fixture(scope="module")
 def smol_x86(smol, tmp_path_factory):
-    """SmolLM2 compiled for the default target (int4 g128 + int8 embedding): its TVM package, with the
+    """SmolLM2 compiled for the default target with its plan (GPTQ int4 g128 + int8 embedding): its TVM package, with the
     target's default int8-activation (VNNI) decode kernels (conftest makes other tests exact)."""
     import os
     from cllm_compiler.cli.compile import main
@@ -230,3 +230,29 @@ def test_onnx_int4_smollm2_matches_torch_on_512_tokens(smol, tmp_path):
     print(json.dumps({"onnx_bpw": low["bits_per_weight"], **c}))
     assert c["top1_agree"] >= 0.99 and abs(c["ppl_device"] / c["ppl_torch"] - 1) < 0.005
     assert low["bits_per_weight"] < 5.3  # 4-bit codes + f32 scale (1 b) + 4-bit zero (0.125 b) per 32, + norms
+
+
+def test_validate_report_for_smollm2_on_x86(smol_x86, tmp_path):
+    """Issue 10 on the real model: cllm-validate --device local on the x86-avx512 plan's artifact
+    writes a schema-valid report.json (20 interleaved latency repeats, ratio to llama.cpp on the
+    same IR, cross-backend pairs) and a report.html whose 4 plots load in headless Chromium."""
+    import json
+    import shutil
+    import subprocess
+
+    from cllm_compiler.cli.validate import main
+    from cllm_compiler.validation.report import check
+    out = tmp_path / "report"
+    assert main([str(smol_x86), "--device", "local", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    check(r)
+    assert r["plan"]["pipeline"].startswith("calibrate,gptq{bits=4,group=128}")
+    v = r["validation"]
+    assert v["latency"]["tvm"]["decode_ms_per_token"]["repeats"] == 20 and v["latency_ratio_vs_peer"]["tvm"]["decode"] > 0
+    assert v["equivalence"]["passed"] and len(v["equivalence"]["pairs"]) >= 3
+    chromium = shutil.which("chromium")
+    assert chromium, "scripts/setup.sh installs Debian's chromium"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          f"--user-data-dir={tmp_path / 'u'}", "--dump-dom", (out / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-plots-loaded="4"' in dom

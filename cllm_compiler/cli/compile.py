@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..passes_base import PASSES
 from ..passmanager import Instrument
 from ..targets import DEFAULT_TARGET, TARGETS, get_target
-from .ui import console, out, progress, run_cli, setup_threads, step
 from .summary import print_summary
+from .ui import console, out, progress, run_cli, setup_threads, step
 
 EPILOG = """\
 examples:
-  cllm-compile                                   # SmolLM2-135M for x86-avx512, default pipeline
+  cllm-compile                                   # SmolLM2-135M for x86-avx512, the target's plan
+  cllm-compile --validate                        # + cross-backend check, latency/energy/memory, report.html
+  cllm-compile model.gguf --targets x86-avx512,gguf-cpu,jetson-orin-nano-8gb -o multi/   # one run, 3 plans
+  cllm-compile -p default -t gguf-cpu            # the target's fast round-to-nearest pipeline (no calibration)
   cllm-compile model.gguf --target jetson-orin-nano-8gb -o orin/   # aarch64 + sm_87 package in orin/tvm/
   cllm-compile hf_dir/ --pipeline "quant{bits=3,group=64},entropy{codec=zstd}" --eval-windows 8
   cllm-compile hf_dir/ --recipe recipe.yaml
@@ -22,6 +26,8 @@ examples:
   cllm-compile -p "calibrate,nm{n=2,m=4,method=sparsegpt},quant{bits=4,group=64},gptq,entropy"
   cllm-compile -p "calibrate,quant{bits=3,group=128},lowrank{rank=16},entropy"   # int3 + low-rank fix
 
+plans: without --pipeline, each target's plan picks the pipeline and budget from its facts (memory,
+  bandwidth, formats; targets/targets.toml) and the model's size; the report says why.
 pipeline syntax: pass{key=value,...},pass,...   (see --list-passes)
   quant{bits=2..8,group=32|64|128|channel,sym=false,match=linear,skip=REGEX}
   cast{dtype=f16}      entropy{codec=auto|rans|zstd|raw}
@@ -37,8 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="HF folder, .gguf file (default: embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--target", "-t", default=DEFAULT_TARGET, help=f"target device (default {DEFAULT_TARGET}; see --list-targets)")
+    ap.add_argument("--targets", metavar="A,B,C",
+                    help="compile for several targets in one run (each with its own plan, one shared calibration); "
+                         "-o is then the parent folder, with one folder per target and a manifest.json")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--pipeline", "-p", help="pipeline string (default: the target's default pipeline)")
+    g.add_argument("--pipeline", "-p", help="pipeline string (default: the target's plan; 'default': the target's "
+                                            "fast round-to-nearest pipeline)")
     g.add_argument("--recipe", type=Path, help="YAML recipe with a 'pipeline:' list")
     ap.add_argument("--budget", type=float, metavar="BPW",
                     help="bits/weight of the whole file: per-tensor bits chosen by the allocator "
@@ -50,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seqlen", type=int, default=2048, help="evaluation window length in tokens")
     ap.add_argument("--no-lower", action="store_true",
                     help="stop at the portable model.cllm: no backend build (TVM/GGUF); validated in PyTorch")
+    ap.add_argument("--validate", action="store_true",
+                    help="after compiling: cross-backend equivalence, latency p50/p95 vs llama.cpp on the same IR, "
+                         "memory, energy (measured or labelled estimate); writes report.json + report.html")
+    ap.add_argument("--repeats", type=int, default=20, help="latency repeats for --validate (default 20)")
     ap.add_argument("--dump-ir", type=Path, metavar="DIR", help="write an IR summary after every pass")
     ap.add_argument("--list-targets", action="store_true", help="list targets and exit")
     ap.add_argument("--list-passes", action="store_true", help="list passes with their parameters and exit")
@@ -91,7 +105,8 @@ def list_passes() -> None:
 def list_targets() -> None:
     for t in TARGETS.values():
         out.print(f"[bold]{t.name:<22}[/] {t.description}  [dim]backend={t.backend}, {t.memory_gb:g} GB, "
-                  f"{t.bandwidth_gbs:g} GB/s[/]\n{'':24}default: {t.default_pipeline}", highlight=False)
+                  f"{t.bandwidth_gbs:g} GB/s[/]\n{'':24}plan facts: {t.extra.get('plan', {})}"
+                  f"\n{'':24}fast (-p default): {t.default_pipeline}", highlight=False)
 
 
 class _ProgressInstrument(Instrument):
@@ -116,26 +131,61 @@ def _main(argv: list[str] | None) -> int:
     if args.list_targets:
         list_targets()
         return 0
-    from ..compiler import compile_model
     from ..default_model import default_model_path
     from ..errors import CllmError
-    from ..pipeline import load_recipe, parse_pipeline
-    target = get_target(args.target)
-    if args.budget is not None and not (args.pipeline or args.recipe):
-        recipe = GGUF_BUDGET_PIPELINE if target.backend == "gguf" else BUDGET_PIPELINE
-        args.pipeline = recipe.format(budget=args.budget)
-    passes = (load_recipe(args.recipe) if args.recipe else parse_pipeline(args.pipeline or target.default_pipeline))
-    if args.budget is not None:
-        apply_budget(passes, args.budget)
+    targets = [get_target(t.strip()) for t in (args.targets or args.target).split(",") if t.strip()]
+    if len({t.name for t in targets}) != len(targets) or not targets:
+        raise CllmError(f"--targets {args.targets!r}: give distinct target names", hint="see --list-targets")
     model_path = Path(args.model) if args.model else default_model_path()
     if not model_path.exists():  # fail before any work or output
         from ..errors import LoadError
         raise LoadError(f"{model_path} does not exist",
                         hint="give a Hugging Face model folder, a .gguf file, or no MODEL for the default")
-    if args.eval_windows < 0:
-        raise CllmError("--eval-windows must be >= 0")
-    outdir = args.out or Path("out") / f"{model_path.stem.split('.')[0]}-{target.name}"
+    if args.eval_windows < 0 or args.repeats < 2:
+        raise CllmError("--eval-windows must be >= 0 and --repeats >= 2")
+    jobs = [(t, *_passes(args, t, model_path)) for t in targets]  # every plan before any work
     setup_threads()
+    stem = model_path.stem.split(".")[0]
+    if not args.targets:
+        t, passes, plan = jobs[0]
+        res = _compile_one(args, model_path, t, passes, plan, args.out or Path("out") / f"{stem}-{t.name}", ())
+        console.print(f"[green]artifact written:[/] {res.out}", highlight=False)
+        return 0
+    from ..multi import compile_targets
+    plans = {t.name: (passes, plan) for t, passes, plan in jobs}
+    manifest, results = compile_targets(
+        model_path, targets, args.out or Path("out") / f"{stem}-multi",
+        lambda t, out, reuse: _compile_one(args, model_path, t, *plans[t.name], out, reuse), args.force, step)
+    for r in results:
+        out.print(f"{r.report['target']:<24} {r.report['bits_per_weight']:.3f} bits/weight  {r.report['pipeline']}",
+                  highlight=False, markup=False)
+    console.print(f"[green]manifest written:[/] {manifest}", highlight=False)
+    return 0
+
+
+def _passes(args: argparse.Namespace, target: Any, model_path: Path) -> tuple[list, dict | None]:
+    """The pass list for `target`: --recipe, --pipeline, --budget, or the target's plan."""
+    from ..pipeline import load_recipe, parse_pipeline
+    if args.recipe:
+        passes = load_recipe(args.recipe)
+    elif args.pipeline:
+        passes = parse_pipeline(target.default_pipeline if args.pipeline == "default" else args.pipeline)
+    elif args.budget is not None:
+        passes = parse_pipeline((GGUF_BUDGET_PIPELINE if target.backend == "gguf" else BUDGET_PIPELINE)
+                                .format(budget=args.budget))
+    else:
+        from ..loading import load_model
+        from ..targets.plan import plan_for_model
+        plan = plan_for_model(target, load_model(model_path)).as_dict()
+        return parse_pipeline(plan["pipeline"]), plan
+    if args.budget is not None:
+        apply_budget(passes, args.budget)
+    return passes, None
+
+
+def _compile_one(args: argparse.Namespace, model_path: Path, target: Any, passes: list, plan: dict | None,
+                 outdir: Path, reuse: tuple) -> Any:
+    from ..compiler import compile_model
     with progress() as prog:
         etask = prog.add_task("evaluate", total=args.eval_windows or 1, visible=False)
         wtask = prog.add_task("write model.cllm", total=None, visible=False)
@@ -146,10 +196,21 @@ def _main(argv: list[str] | None) -> int:
                                eval_windows=args.eval_windows, seqlen=args.seqlen, dump_ir=args.dump_ir,
                                instruments=[_ProgressInstrument(prog)], on_step=step,
                                eval_progress=eval_progress, lower=not args.no_lower,
-                               write_progress=lambda name: prog.update(wtask, advance=1, visible=True))
+                               write_progress=lambda name: prog.update(wtask, advance=1, visible=True),
+                               reuse=reuse, plan=plan)
+        if args.validate:
+            from ..validation.local import ValidateOptions, validate_local
+            vtask = prog.add_task("latency repeats", total=args.repeats, visible=False)
+            result.report["validation"] = validate_local(
+                outdir, target, ValidateOptions(repeats=args.repeats), on_step=step,
+                progress=lambda d, n: prog.update(vtask, completed=d, total=n, visible=True))
+    from ..validation.report import write_reports
+    write_reports(outdir, result.report)
     print_summary(result.report, result.out)
-    console.print(f"[green]artifact written:[/] {result.out}", highlight=False)
-    return 0
+    if args.validate:
+        from .validate import print_validation
+        print_validation(result.report)
+    return result
 
 
 if __name__ == "__main__":
