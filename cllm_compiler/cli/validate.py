@@ -85,20 +85,20 @@ def _main(argv: list[str] | None) -> int:
         dev = replace(dev, timeout_s=args.timeout)
     from ..targets import get_target
     target = get_target(report["target"])
-    code = 0
+    failure: CllmError | None = None
     try:
         rec = _run(args, dev, target)
     except CllmError as e:
         if isinstance(e, LoadError):
             raise
         from ..validation.remote import unreachable
-        rec, code = unreachable(dev, e.format(), target, _weight_bytes(args.artifact)), e
+        rec, failure = unreachable(dev, e.format(), target, _weight_bytes(args.artifact)), e
     from ..energy import estimate
     rec["energy"].setdefault("estimate", estimate(target, _weight_bytes(args.artifact)))
     report["validation"] = rec
     if args.json == "-":
         sys.stdout.write(json.dumps(rec) + "\n")
-        return 0 if not code else 2
+        return 2 if failure else 0
     folder = args.out or args.artifact
     folder.mkdir(parents=True, exist_ok=True)
     from ..validation.report import write_reports
@@ -108,8 +108,8 @@ def _main(argv: list[str] | None) -> int:
         write_bytes(Path(args.json), json.dumps(rec, indent=1).encode())
     print_validation(report)
     console.print(f"[green]report:[/] {jpath}  {hpath}", highlight=False)
-    if code:
-        raise code  # the clear one-line error, after the report that says what was not measured
+    if failure:
+        raise failure  # the clear one-line error, after the report that says what was not measured
     return 0 if rec.get("equivalence", {}).get("passed", True) else 1
 
 
