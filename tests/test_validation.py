@@ -210,3 +210,13 @@ def test_ssh_transport_runs_the_local_validation_there(validated, tmp_path, monk
     v = json.loads((tmp_path / "r" / "report.json").read_text())["validation"]
     assert v["device"]["name"] == "box" and v["device"]["transport"] == "ssh"
     assert v["latency"]["tvm"]["decode_ms_per_token"]["repeats"] == 2 and v["equivalence"]["passed"]
+
+
+def test_compile_exits_1_when_validated_backends_disagree(capsys):
+    from types import SimpleNamespace
+
+    from cllm_compiler.cli.compile import _verdict
+    ok = SimpleNamespace(out="a", report={"validation": {"equivalence": {"passed": True}}})
+    bad = SimpleNamespace(out="b", report={"validation": {"equivalence": {"passed": False, "verdict": "fail: torch~tvm"}}})
+    assert _verdict([ok]) == 0 and _verdict([SimpleNamespace(out="c", report={})]) == 0
+    assert _verdict([ok, bad]) == 1 and "fail: torch~tvm" in capsys.readouterr().err

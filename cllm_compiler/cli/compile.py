@@ -150,7 +150,7 @@ def _main(argv: list[str] | None) -> int:
         t, passes, plan = jobs[0]
         res = _compile_one(args, model_path, t, passes, plan, args.out or Path("out") / f"{stem}-{t.name}", ())
         console.print(f"[green]artifact written:[/] {res.out}", highlight=False)
-        return 0
+        return _verdict([res])
     from ..multi import compile_targets
     plans = {t.name: (passes, plan) for t, passes, plan in jobs}
     manifest, results = compile_targets(
@@ -160,7 +160,16 @@ def _main(argv: list[str] | None) -> int:
         out.print(f"{r.report['target']:<24} {r.report['bits_per_weight']:.3f} bits/weight  {r.report['pipeline']}",
                   highlight=False, markup=False)
     console.print(f"[green]manifest written:[/] {manifest}", highlight=False)
-    return 0
+    return _verdict(results)
+
+
+def _verdict(results: list[Any]) -> int:
+    """1 when --validate found backends disagreeing beyond the tolerance (the artifact is kept)."""
+    bad = [r for r in results if not r.report.get("validation", {}).get("equivalence", {}).get("passed", True)]
+    for r in bad:
+        console.print(f"[bold red]error:[/] cross-backend check failed for {r.out}: "
+                      f"{r.report['validation']['equivalence']['verdict']}", highlight=False, soft_wrap=True)
+    return 1 if bad else 0
 
 
 def _passes(args: argparse.Namespace, target: Any, model_path: Path) -> tuple[list, dict | None]:
