@@ -8,34 +8,14 @@ energy) is reported as "not measured" or as a labelled estimate from the target 
 from __future__ import annotations
 
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlparse
 
 import numpy as np
 
-from ..errors import BackendError, TargetError
+from ..errors import BackendError
 
 T = TypeVar("T")
-REGISTRY_HINT = "give --device rpc://HOST:PORT, or a name from the registry file (--registry devices.toml)"
-
-
-def parse_device(spec: str, registry: Path | None = None) -> dict[str, Any]:
-    """'rpc://host:port' or a registry name -> {host, port, name, ...registry facts}."""
-    entry: dict[str, Any] = {}
-    if not spec.startswith("rpc://"):
-        if registry is None or not registry.is_file():
-            raise TargetError(f"unknown device '{spec}'", hint=REGISTRY_HINT)
-        devices = tomllib.loads(registry.read_text()).get("devices", {})
-        if spec not in devices:
-            raise TargetError(f"device '{spec}' is not in {registry}", hint=f"known: {', '.join(devices) or 'none'}")
-        entry = dict(devices[spec])
-        spec = str(entry.get("url", ""))
-    u = urlparse(spec)
-    if u.scheme != "rpc" or not u.hostname or not u.port:
-        raise TargetError(f"bad device address '{spec}'", hint="use rpc://HOST:PORT (a TVM RPC server)")
-    return {**entry, "host": u.hostname, "port": u.port, "url": spec}
 
 
 def bounded(fn: Callable[[], T], timeout: float, what: str,

@@ -59,7 +59,7 @@ class Device:
         from urllib.parse import urlparse
         u = urlparse(self.address)
         if u.scheme != "rpc" or not u.hostname or not u.port:
-            raise TargetError(f"device '{self.name}': bad TVM RPC address '{self.address}'",
+            raise TargetError(f"device '{self.name}': bad device address '{self.address}'",
                               hint="use address = \"rpc://HOST:PORT\" (a TVM RPC server)")
         return {"host": u.hostname, "port": u.port, "url": self.address, "name": self.name}
 

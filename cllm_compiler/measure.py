@@ -41,7 +41,8 @@ def distribution(samples: Iterable[float], unit: str, meter: str) -> dict[str, A
         return not_measured(unit, "no samples")
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {**measured(quantile(xs, 0.5), unit, meter), "p50": quantile(xs, 0.5), "p95": quantile(xs, 0.95),
+    p50 = quantile(xs, 0.5)
+    return {**measured(p50, unit, meter), "p50": p50, "p95": quantile(xs, 0.95),
             "mean": mean, "cv": sd / mean if mean else 0.0, "repeats": len(xs), "samples": xs}
 
 
@@ -51,6 +52,11 @@ def kv_cache_bytes(config: Any, contexts: Iterable[int], bytes_per_value: int) -
     return estimated({str(n): per_token * n for n in contexts}, "bytes",
                      f"2 x layers x kv_heads x head_dim x {bytes_per_value} B x context (dense cache layout)",
                      per_token_bytes=per_token)
+
+
+def weight_stream_bytes(model: Any) -> int:
+    """Weight bytes a runtime streams per decoded token: codes before entropy coding (decoded at load)."""
+    return sum(getattr(n.rep, "nominal_bits", n.rep.storage_bits)() for n in model) // 8
 
 
 def _cpu_model() -> str:

@@ -120,16 +120,16 @@ def test_server_dying_mid_run_gives_clear_error(artifact, server, how):
 
 
 def test_device_addresses_and_registry(tmp_path):
-    from cllm_compiler.backends.tvm_rpc import parse_device
-    assert parse_device("rpc://10.0.0.2:9090")["port"] == 9090
+    from cllm_compiler.devices import resolve
+    assert resolve("rpc://10.0.0.2:9090").rpc()["port"] == 9090
     reg = tmp_path / "devices.toml"
     reg.write_text('[devices.orin]\nurl = "rpc://orin.local:9091"\ntarget = "jetson-orin-nano-8gb"\n')
-    d = parse_device("orin", reg)
-    assert (d["host"], d["port"], d["target"]) == ("orin.local", 9091, "jetson-orin-nano-8gb")
+    d = resolve("orin", reg)
+    assert (d.rpc()["host"], d.rpc()["port"], d.target) == ("orin.local", 9091, "jetson-orin-nano-8gb")
     with pytest.raises(TargetError, match="not in"):
-        parse_device("xavier", reg)
+        resolve("xavier", reg)
     with pytest.raises(TargetError, match="bad device address"):
-        parse_device("rpc://nohostport")
+        resolve("rpc://nohostport")
 
 
 def test_unreachable_device_is_a_clear_error(artifact, capsys):

@@ -143,7 +143,11 @@ def _main(argv: list[str] | None) -> int:
                         hint="give a Hugging Face model folder, a .gguf file, or no MODEL for the default")
     if args.eval_windows < 0 or args.repeats < 2:
         raise CllmError("--eval-windows must be >= 0 and --repeats >= 2")
-    jobs = [(t, *_passes(args, t, model_path)) for t in targets]  # every plan before any work
+    from functools import cache
+
+    from ..loading import load_model
+    source = cache(lambda: load_model(model_path))  # read once, and only when a plan needs its size
+    jobs = [(t, *_passes(args, t, source)) for t in targets]  # every plan before any work
     setup_threads()
     stem = model_path.stem.split(".")[0]
     if not args.targets:
@@ -172,7 +176,7 @@ def _verdict(results: list[Any]) -> int:
     return 1 if bad else 0
 
 
-def _passes(args: argparse.Namespace, target: Any, model_path: Path) -> tuple[list, dict | None]:
+def _passes(args: argparse.Namespace, target: Any, source: Any) -> tuple[list, dict | None]:
     """The pass list for `target`: --recipe, --pipeline, --budget, or the target's plan."""
     from ..pipeline import load_recipe, parse_pipeline
     if args.recipe:
@@ -183,9 +187,8 @@ def _passes(args: argparse.Namespace, target: Any, model_path: Path) -> tuple[li
         passes = parse_pipeline((GGUF_BUDGET_PIPELINE if target.backend == "gguf" else BUDGET_PIPELINE)
                                 .format(budget=args.budget))
     else:
-        from ..loading import load_model
         from ..targets.plan import plan_for_model
-        plan = plan_for_model(target, load_model(model_path)).as_dict()
+        plan = plan_for_model(target, source()).as_dict()
         return parse_pipeline(plan["pipeline"]), plan
     if args.budget is not None:
         apply_budget(passes, args.budget)

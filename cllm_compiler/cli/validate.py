@@ -85,6 +85,10 @@ def _main(argv: list[str] | None) -> int:
         dev = replace(dev, timeout_s=args.timeout)
     from ..targets import get_target
     target = get_target(report["target"])
+    from ..container import read_container
+    from ..energy import estimate
+    from ..measure import weight_stream_bytes
+    weight_bytes = weight_stream_bytes(read_container(args.artifact / "model.cllm"))
     failure: CllmError | None = None
     try:
         rec = _run(args, dev, target)
@@ -92,9 +96,8 @@ def _main(argv: list[str] | None) -> int:
         if isinstance(e, LoadError):
             raise
         from ..validation.remote import unreachable
-        rec, failure = unreachable(dev, e.format(), target, _weight_bytes(args.artifact)), e
-    from ..energy import estimate
-    rec["energy"].setdefault("estimate", estimate(target, _weight_bytes(args.artifact)))
+        rec, failure = unreachable(dev, e.format(), target, weight_bytes), e
+    rec["energy"].setdefault("estimate", estimate(target, weight_bytes))
     report["validation"] = rec
     if args.json == "-":
         sys.stdout.write(json.dumps(rec) + "\n")
@@ -122,12 +125,6 @@ def _compile_report(artifact: Path) -> dict[str, Any]:
     doc = json.loads(path.read_text())
     doc.pop("validation", None)
     return doc
-
-
-def _weight_bytes(artifact: Path) -> int:
-    from ..container import read_container
-    m = read_container(artifact / "model.cllm")
-    return sum(getattr(n.rep, "nominal_bits", n.rep.storage_bits)() for n in m) // 8
 
 
 def _run(args: argparse.Namespace, dev: Any, target: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CllmError
+from ..ir import Model
 
 # llama.cpp and TVM's int8-activation decode differ from fp32 torch by KLD ~0.005 on SmolLM2
 # (bench/README.md, issues 5-6); exact-arithmetic backends agree to ~1e-8.
@@ -31,14 +32,12 @@ class Tolerance:
     top1: float = DEFAULT_TOL_TOP1
 
 
-def _runners(folder: Path, tmp: Path, seqlen: int, want: tuple[str, ...],
+def _runners(folder: Path, model: Model, tmp: Path, seqlen: int, want: tuple[str, ...],
              interpret_triton: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """name -> runner (x [1,T] -> .logits), and name -> {status, reason/notes}."""
     from ..backends import gguf_backend, onnx_backend, triton_backend, tvm_backend
     from ..backends.torch_ref import build_torch_model
-    from ..container import read_container
     from .latency import TorchRunner
-    model = read_container(folder / "model.cllm")
     runners: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
 
@@ -87,12 +86,13 @@ def _runners(folder: Path, tmp: Path, seqlen: int, want: tuple[str, ...],
     return runners, info
 
 
-def compare(folder: Path, ids: torch.Tensor, want: tuple[str, ...] = BACKENDS, tol: Tolerance = Tolerance(),
-            interpret_triton: bool = False, on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run every available backend on `ids` and compare all pairs."""
+def compare(folder: Path, model: Model, ids: torch.Tensor, want: tuple[str, ...] = BACKENDS,
+            tol: Tolerance = Tolerance(), interpret_triton: bool = False,
+            on_step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run every available backend on `ids` and compare all pairs (`model`: folder's model.cllm, read)."""
     from ..validate import compare_logits
     with tempfile.TemporaryDirectory(prefix="cllm-equiv-") as td:
-        runners, info = _runners(folder, Path(td), max(ids.numel(), 64), want, interpret_triton)
+        runners, info = _runners(folder, model, Path(td), max(ids.numel(), 64), want, interpret_triton)
         logits = {}
         for name, r in runners.items():
             on_step(f"cross-backend: {name} on {ids.numel()} tokens")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..measure import distribution
+from ..measure import distribution, measured
 
 
 class TorchRunner:
@@ -78,5 +78,5 @@ def batch_sweep(runner: TorchRunner, prompt: list[int], new_tokens: int, batches
     """Decode tokens/s (all sequences) at each batch size, one run each after a warm-up."""
     runner.speed(prompt[:8], 2, batch=max(batches))
     rows = {str(b): runner.speed(prompt, new_tokens, batch=b)["decode_tok_s"] for b in batches}
-    return {"value": rows, "unit": "tokens/s", "status": "measured", "runner": "torch reference (fp32, batched)",
-            "meter": "time.perf_counter on this host", "prompt_tokens": len(prompt), "new_tokens": new_tokens}
+    return measured(rows, "tokens/s", "time.perf_counter on this host", runner="torch reference (fp32, batched)",
+                    prompt_tokens=len(prompt), new_tokens=new_tokens)

@@ -11,7 +11,8 @@ from typing import Any
 import psutil
 
 from ..energy import default_readers, estimate, measure
-from ..measure import kv_cache_bytes, machine_facts, measured, not_measured
+from ..ir import Model
+from ..measure import kv_cache_bytes, machine_facts, measured, not_measured, weight_stream_bytes
 from ..targets import Target
 from .equivalence import BACKENDS, Tolerance, compare
 from .latency import TorchRunner, batch_sweep, ratios, time_runners
@@ -32,7 +33,7 @@ class ValidateOptions:
     interpret_triton: bool = False
 
 
-def primary_runner(folder: Path, target: Target, n_ctx: int) -> tuple[str, Any | None, str]:
+def primary_runner(folder: Path, model: Model, target: Target, n_ctx: int) -> tuple[str, Any | None, str]:
     """(name, runner or None, why not) for the artifact's own backend on this machine."""
     from ..backends import gguf_backend, onnx_backend, tvm_backend
     if target.backend == "tvm":
@@ -44,28 +45,25 @@ def primary_runner(folder: Path, target: Target, n_ctx: int) -> tuple[str, Any |
     if target.backend == "gguf" and (folder / gguf_backend.GGUF_FILE).is_file() and gguf_backend.runnable():
         from ..backends.gguf_run import LlamaCppModel
         return "llama.cpp", LlamaCppModel(folder / gguf_backend.GGUF_FILE, n_ctx=n_ctx, logits_all=False, kv_type="f16"), ""
-    if target.backend == "onnx" and onnx_backend.models(folder, n_ctx):
-        return "onnxruntime", next(iter(onnx_backend.models(folder, n_ctx).values())), ""
+    if target.backend == "onnx" and (ort := onnx_backend.models(folder, n_ctx)):
+        return "onnxruntime", ort["onnxruntime"], ""
     if target.backend == "triton":
         from ..backends.triton_backend import TritonRunner, cuda_available
         if cuda_available():
-            from ..container import read_container
-            return "triton", TritonRunner(read_container(folder / "model.cllm"), n_ctx), ""
+            return "triton", TritonRunner(model, n_ctx), ""
         return "triton", None, "no CUDA GPU here: the Triton backend's latency and energy are measured on one"
     from ..backends.torch_ref import build_torch_model
-    from ..container import read_container
-    return "torch", TorchRunner(build_torch_model(read_container(folder / "model.cllm"))), ""
+    return "torch", TorchRunner(build_torch_model(model)), ""
 
 
-def _peer(folder: Path, tmp: Path, n_ctx: int, facts: dict[str, Any]) -> Any | None:
+def _peer(model: Model, tmp: Path, n_ctx: int, facts: dict[str, Any]) -> Any | None:
     """llama.cpp on the same IR, each tensor as its exact GGUF type or llama.cpp's nearest one."""
     from ..backends import gguf_backend
     if not gguf_backend.runnable():
         return None
     from ..backends.gguf_run import LlamaCppModel
     from ..backends.gguf_writer import write_gguf
-    from ..container import read_container
-    w = write_gguf(read_container(folder / "model.cllm"), tmp / "peer.gguf", inexact="requant")
+    w = write_gguf(model, tmp / "peer.gguf", inexact="requant")
     facts.update({"gguf_tensor_types": w.tensor_types, "gguf_bytes": (tmp / "peer.gguf").stat().st_size,
                   "kv_cache": "f16 (llama.cpp's default)", "note": "tensors without an exact GGUF type are "
                   "re-quantized to llama.cpp's nearest type (the peer a llama.cpp user would run)"})
@@ -80,11 +78,12 @@ def validate_local(folder: Path, target: Target, opts: ValidateOptions = Validat
     model = read_container(folder / "model.cllm")
     ids = tokenize(model.tokenizer, wikitext_text())
     rec: dict[str, Any] = {"device": {"name": "local", "transport": "local"}, "machine": machine_facts()}
-    rec["equivalence"] = compare(folder, ids[:opts.tokens], opts.backends, opts.tol, opts.interpret_triton, on_step)
+    rec["equivalence"] = compare(folder, model, ids[:opts.tokens], opts.backends, opts.tol, opts.interpret_triton,
+                                 on_step)
     n_ctx = opts.prompt + opts.new_tokens + 16
     prompt = ids[: opts.prompt].tolist()
     rss0 = psutil.Process().memory_info().rss
-    name, runner, why = primary_runner(folder, target, n_ctx)
+    name, runner, why = primary_runner(folder, model, target, n_ctx)
     with tempfile.TemporaryDirectory(prefix="cllm-peer-") as td:
         runners = {name: runner} if runner is not None else {}
         if runner is not None:
@@ -96,7 +95,7 @@ def validate_local(folder: Path, target: Target, opts: ValidateOptions = Validat
         if opts.peer and name != "llama.cpp" and runner is not None:
             on_step("lowering the same IR to GGUF for the llama.cpp peer")
             rec["latency_peer"] = {}
-            peer = _peer(folder, Path(td), n_ctx, rec["latency_peer"])
+            peer = _peer(model, Path(td), n_ctx, rec["latency_peer"])
             if peer is not None:
                 runners[PEER] = peer
         if runners:
@@ -126,9 +125,7 @@ def _energy(runner: Any, name: str, prompt: list[int], opts: ValidateOptions, ta
             why: str) -> dict[str, Any]:
     """J/token of a decode run (8-token prompt, so prefill is a small share) by the first working
     reader, and always the labelled estimate from the target table beside it."""
-    # bytes the runtime streams per token: codes before entropy coding (decoded at load)
-    weight_bytes = sum(getattr(n.rep, "nominal_bits", n.rep.storage_bits)() for n in model) // 8
-    out: dict[str, Any] = {"estimate": estimate(target, weight_bytes)}
+    out: dict[str, Any] = {"estimate": estimate(target, weight_stream_bytes(model))}
     if runner is None:
         out["measured"] = not_measured("J/token", why)
         return out

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from ..devices import Device
 from ..errors import TargetError
 from ..measure import distribution, machine_facts, not_measured
+from .equivalence import Tolerance
 
 
 def validate_rpc(folder: Path, dev: Device, tokens: int, prompt: int, repeats: int,
@@ -30,6 +31,8 @@ def validate_rpc(folder: Path, dev: Device, tokens: int, prompt: int, repeats: i
     on_step(f"scoring {tokens} WikiText-2 tokens (logits back over RPC)")
     q = quality(folder / "model.cllm", sess.logits, tokens)
     sess.close()
+    tol = Tolerance()
+    ok = q["kld_mean"] <= tol.kld_mean and q["top1_agree"] >= tol.top1
     meter = f"TVM time_evaluator on the device's clock ({dev.address})"
     pre = distribution(lat["prefill_samples_ms"], "ms", meter)
     est = estimates(man, pkg)
@@ -43,8 +46,10 @@ def validate_rpc(folder: Path, dev: Device, tokens: int, prompt: int, repeats: i
                                                                 "tvm (device)": {"status": "run", "exact": True}},
                             "pairs": [{"a": "torch", "b": "tvm (device)", "kld_mean": q["kld_mean"], "kld_max": q["kld_max"],
                                        "top1_agree": q["top1_agree"], "ppl_a": q["ppl_torch"], "ppl_b": q["ppl_device"],
-                                       "checked": True, "pass": q["kld_mean"] <= 0.02 and q["top1_agree"] >= 0.95}],
-                            "tolerance": {"kld_mean": 0.02, "top1": 0.95}, "passed": True, "verdict": ""},
+                                       "checked": True, "pass": ok}],
+                            "tolerance": {"kld_mean": tol.kld_mean, "top1": tol.top1}, "passed": ok,
+                            "checked_pairs": 1, "verdict": ("pass" if ok else "fail") + f": torch~tvm (device) KLD "
+                            f"{q['kld_mean']:.2e}, top-1 {q['top1_agree']:.3f}"},
             "energy": {"measured": not_measured("J/token", est["energy"])},
             "memory": {"device_memory": {"value": est["memory_mib"] * 2**20, "unit": "bytes", "status": "estimated",
                                          "model": est["memory_label"]}}}
