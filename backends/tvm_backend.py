@@ -21,6 +21,7 @@ from ..ir import Model
 from .tvm_build import DEFAULT_MAX_LEN, compile_module, lower
 
 PACKAGE_DIR = "tvm"
+INT8_NAMES = {"vnni": "AVX-512 VNNI vpdpbusd", "avx2": "AVX2 vpmaddubsw + vpmaddwd"}
 LIBRARY, WEIGHTS = "model.so", "weights.safetensors"
 
 
@@ -32,12 +33,12 @@ def tvm_target(target: Any) -> dict[str, Any]:
     return dict(t)
 
 
-def decode_int8(target: Any) -> bool:
-    """Targets whose table says decode_activations = "int8" (and whose CPU has VNNI) quantize
-    activations to int8 in the decode GEMV, as llama.cpp does; prefill stays fp32.
-    CLLM_DECODE_ACTIVATIONS=f32 turns it off for a build."""
+def decode_int8(target: Any) -> str:
+    """The integer dot instruction (vnni | avx2) of targets whose table says decode_activations =
+    "int8": their decode GEMVs quantize activations to int8, as llama.cpp does; prefill stays fp32.
+    "" when off. CLLM_DECODE_ACTIVATIONS=f32 turns it off for a build."""
     wanted = os.environ.get("CLLM_DECODE_ACTIVATIONS", target.extra.get("decode_activations", "f32"))
-    return wanted == "int8" and "avx512_vnni" in target.extra.get("isa", [])
+    return str(target.extra.get("int8_dot", "")) if wanted == "int8" else ""
 
 
 def write_weights(path: Path, params: list[tuple[str, np.ndarray]]) -> None:
@@ -57,13 +58,14 @@ def package_manifest(model: Model, low: Any, target: Any, library: str, extra: d
 
 
 def host_missing_isa(manifest: dict[str, Any]) -> list[str]:
-    """CPU features the package was compiled for that this host lacks (running it would SIGILL)."""
+    """CPU features the package was compiled for that this host lacks (running it would SIGILL).
+    A host whose flags cannot be read lacks them all: the package is not run."""
+    from ..errors import TargetError
+    from ..targets.host import host_flags, missing_flags
     try:
-        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("flags")), [])
-    except OSError:
-        return []
-    return [f for f in manifest.get("isa", []) if f not in flags] if flags else []
+        return missing_flags(manifest, host_flags())
+    except TargetError:
+        return list(manifest.get("isa", [])) or ["(CPU flags unreadable)"]
 
 
 def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAULT_MAX_LEN,
@@ -79,7 +81,7 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
     ex = compile_module(low, tvm_target(target), progress)
     with atomic_path(pkg / LIBRARY) as tmp:
         ex.export_library(str(tmp))
-    extra = {"decode_activations": "int8 (AVX-512 VNNI) for <= 4-bit weights" if int8 else "f32"}
+    extra = {"decode_activations": f"int8 ({INT8_NAMES[int8]}) for <= 4-bit weights" if int8 else "f32"}
     return finish_package(model, low, target, pkg, LIBRARY, extra, low.notes,
                           f"TVM Relax VM on this host ({platform.machine()}), target {tvm_target(target)}")
 
@@ -123,5 +125,5 @@ def models(folder: Path, seqlen: int) -> dict[str, Any]:
 def speed(model: Any, ids: torch.Tensor, prompt: int = 256, new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Median prefill/decode tokens/s of a TvmModel on this host (measured, not estimated)."""
     from ..evaluate import runner_speed
-    return runner_speed(model, ids, prompt, new_tokens, repeats, int(os.environ.get("TVM_NUM_THREADS", "1")),
+    return runner_speed(model, ids, prompt, new_tokens, repeats, model.threads,
                         "measured: TVM on this host's CPU")

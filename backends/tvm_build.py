@@ -34,9 +34,10 @@ def check_model(model: Model) -> dict[str, Layout]:
 
 
 def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str], None] | None = None,
-          decode_int8: bool = False) -> Lowered:
+          decode_int8: str = "") -> Lowered:
     """The Relax module and its parameter arrays (weights stay in their compressed layout).
-    `decode_int8`: decode GEMVs of <= 4-bit weights use int8 activations (AVX-512 VNNI, tvm_vnni)."""
+    `decode_int8` (vnni | avx2): decode GEMVs of <= 4-bit weights use int8 activations with that
+    instruction set's integer dot products (tvm_int8); "" keeps them fp32."""
     from .tvm_model import LlamaTVM, inv_freq
     cfg = model.config  # ModelConfig admits only the Llama family, which LlamaTVM builds
     arrays: dict[str, np.ndarray] = {}
@@ -47,7 +48,7 @@ def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str]
             progress(f"lowering weights {i + 1}/{len(nodes)}")
         key = _param_key(node.name)
         if node.role in MATMUL_ROLES:
-            lays[node.name], arrs = lower_weight(node.rep, node.shape, node.name, vnni=decode_int8)
+            lays[node.name], arrs = lower_weight(node.rep, node.shape, node.name, int8=decode_int8)
             arrays.update({f"{key}.{k}": v for k, v in arrs.items()})
         else:
             arrays[key] = node.rep.decode().numpy().astype(np.float32)

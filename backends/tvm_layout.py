@@ -39,7 +39,7 @@ class Layout:
     zero: str = "none"   # quant: sym | int | float
     nlut: int = 0        # lut: 1 or n
     tile: int = 1        # output columns per contiguous tile
-    vnni: bool = False   # int8-activation decode layout (see below)
+    int8: str = ""       # int8-activation decode layout, and its dot instruction: "" | vnni | avx2
 
     @property
     def pack_bits(self) -> int:
@@ -61,14 +61,14 @@ class Layout:
             return "dense"
         z = {"sym": "s", "int": "z", "float": "m"}.get(self.zero, "")
         rows = "r" if self.nlut > 1 else ""
-        return f"{'q' if self.kind == 'quant' else 'lut'}{self.bits}g{self.group}{z}{rows}{'v' if self.vnni else ''}"
+        return f"{'q' if self.kind == 'quant' else 'lut'}{self.bits}g{self.group}{z}{rows}{INT8_TAG.get(self.int8, '')}"
 
     def arrays(self) -> list[tuple[str, tuple[int, ...], str]]:
         """(suffix, shape, dtype) of each array, in kernel argument order."""
         nt, t = self.n // self.tile, self.tile
         if self.kind == "dense":
             return [("w", (nt, self.k, t), "float32")]
-        out = [("q", (nt, self.k // 8, 64) if self.vnni else (nt, -(-self.k // self.per), t), "uint8")]
+        out = [("q", (nt, self.k // 8, 64) if self.int8 else (nt, -(-self.k // self.per), t), "uint8")]
         if self.kind == "lut":
             out.append(("lut", (self.nlut, 1 << self.bits), "float16"))
         if self.group:
@@ -80,14 +80,17 @@ class Layout:
         return out
 
 
-def vnni_eligible(rep: Representation, n: int, k: int) -> bool:
-    """The int8-activation (AVX-512 VNNI) decode kernel takes integer codes of <= 4 bits, in tiles of
+INT8_TAG = {"vnni": "v", "avx2": "a"}  # kernel-name suffixes
+
+
+def int8_eligible(rep: Representation, n: int, k: int) -> bool:
+    """The int8-activation decode kernel (tvm_int8) takes integer codes of <= 4 bits, in tiles of
     16 columns, K in whole 8-groups and scale groups in whole 8-groups."""
     return (isinstance(rep, Quantized) and rep.bits <= 4 and n % 16 == 0 and k % 8 == 0
             and math.gcd(rep.group, k) % 8 == 0)
 
 
-def pack_vnni(codes: np.ndarray) -> np.ndarray:
+def pack_int8(codes: np.ndarray) -> np.ndarray:
     """codes [N, K] -> uint8 [N / 16, K / 8, 64]: byte (t, b, 4 * lane + r) holds the codes of rows
     8b + r (low nibble) and 8b + 4 + r (high nibble) of column 16t + lane, so that one 32-bit lane
     of a vector is 4 consecutive codes (vpdpbusd's operand) after a mask or a shift."""
@@ -125,20 +128,20 @@ def _f16t(a: np.ndarray, tile: int) -> np.ndarray:
 
 
 def lower_weight(rep: Representation, shape: tuple[int, ...], name: str,
-                 vnni: bool = False) -> tuple[Layout, dict[str, np.ndarray]]:
+                 int8: str = "") -> tuple[Layout, dict[str, np.ndarray]]:
     """The arrays one 2-D weight becomes; BackendError for a representation no kernel reads.
-    `vnni`: use the int8-activation decode layout where the weight allows it."""
+    `int8` (vnni | avx2): use the int8-activation decode layout where the weight allows it."""
     if isinstance(rep, Encoded):
         rep = rep.inner()  # entropy coding is for the disk; kernels read the decoded codes
     n, k = shape
-    vnni = vnni and vnni_eligible(rep, n, k)
-    tile = 16 if vnni else tile_for(n)
+    int8 = int8 if int8 and int8_eligible(rep, n, k) else ""
+    tile = 16 if int8 else tile_for(n)
     if isinstance(rep, Dense):
         return Layout("dense", k, n, tile=tile), {"w": tiled(rep.decode().numpy().T, tile)}
     if isinstance(rep, Quantized):
         zero = "float" if rep.mins is not None else "sym" if rep.zeros is None else "int"
-        lay = Layout("quant", k, n, rep.bits, rep.group, zero, tile=tile, vnni=vnni)
-        out = {"q": pack_vnni(rep.codes) if vnni else pack_codes(rep.codes, lay), "s": _f16t(rep.scales, tile)}
+        lay = Layout("quant", k, n, rep.bits, rep.group, zero, tile=tile, int8=int8)
+        out = {"q": pack_int8(rep.codes) if int8 else pack_codes(rep.codes, lay), "s": _f16t(rep.scales, tile)}
         if zero == "int":
             out["z"] = _f16t(rep.zeros, tile)  # type: ignore[union-attr]
         elif zero == "float":

@@ -27,7 +27,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise BackendError(f"{folder} holds no TVM package ({PACKAGE_MANIFEST} missing)",
-                           hint="compile with --target x86-avx512 (or a jetson target)") from None
+                           hint="compile with --target host (this CPU) or another TVM target") from None
     except json.JSONDecodeError as e:
         raise BackendError(f"{path} is not valid JSON: {e}", hint="the package is damaged; recompile it") from None
 
@@ -41,6 +41,20 @@ def load_weights(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
     return [arrays[n] for n in manifest["params"]]
 
 
+def set_threads(n: int) -> None:
+    """Run TVM's thread pool (parallel loops of the kernels) at `n` threads in this process.
+    The pool's size is fixed when it first starts (TVM_NUM_THREADS, else half the logical CPUs):
+    start it with room for every CPU, then configure the count, so later models may use another."""
+    import tvm
+    os.environ.setdefault("TVM_NUM_THREADS", str(max(n, os.cpu_count() or 1)))
+    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: kBig, every core of a uniform CPU
+    got = int(tvm.get_global_func("runtime.NumThreads")())
+    if got < n:
+        raise BackendError(f"TVM's thread pool runs at most {got} thread(s) in this process, not {n}",
+                           hint="its size is fixed when it starts: set TVM_NUM_THREADS (or --threads) before the "
+                                "first model runs")
+
+
 class TvmModel:
     """A compiled package on a device: `session` is None for this host, else a TVM RPC session."""
 
@@ -48,7 +62,9 @@ class TvmModel:
                  gpu: bool = False) -> None:
         import tvm
         from tvm import relax
-        os.environ.setdefault("TVM_NUM_THREADS", str(threads or int(os.environ.get("CLLM_THREADS", "1"))))
+        self.threads = threads or int(os.environ.get("CLLM_THREADS", "1"))
+        if session is None:
+            set_threads(self.threads)
         self.folder, self.manifest = Path(folder), read_manifest(Path(folder))
         lib_path = self.folder / self.manifest["library"]
         if session is None:

@@ -1,6 +1,6 @@
 """Hand-written schedules, no tuning: kernels find them by their `cllm.kernel` attribute.
 
-CPU (LLVM: AVX-512 on x86, NEON on aarch64): weights are tiles of output columns, contiguous
+CPU (LLVM: AVX-512 or AVX2 on x86, NEON on aarch64): weights are tiles of output columns, contiguous
 along N (tvm_layout), so every matmul vectorises over a tile's columns with contiguous loads and a
 broadcast activation. The GEMV (decode, m = 1) decodes each weight once, straight into the
 FMA; the GEMM (prefill) decodes a K x N tile into a small local buffer once and reuses it for
@@ -30,7 +30,7 @@ def schedule_module(mod: Any, target: Any) -> Any:
             continue
         name = _kernel_name(func)
         sch = None
-        if name.startswith("matmul") and not int(func.attrs.get("cllm.vnni", 0)):
+        if name.startswith("matmul") and not int(func.attrs.get("cllm.int8", 0)):
             sch = _matmul_cpu(func)
         elif name == "attention":
             sch = _attention_cpu(func)

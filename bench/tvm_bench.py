@@ -2,7 +2,7 @@
 same model and thread count, quality of both against the fp32 torch reference, and one GEMV
 kernel against dequantize-then-numpy and onnxruntime's MatMulNBits.
 
-cllm files: `cllm-compile --target x86-avx512` with int4 g128 RTN (the target's default pipeline),
+cllm files: `cllm-compile --target host` (x86-avx512 or x86-avx2, by this CPU) with int4 g128 RTN (the target's default pipeline),
 GPTQ int4 g128 (act-order, clip search), 4-bit per-row LUTs + GPTQ, and the allocator at 5.4 bits/weight
 (per-tensor 2-8 bits, GPTQ), all lowered to the TVM kernels. Peers: llama.cpp Q4_0 and Q4_K_M from an F16 GGUF of the same healed
 model (`llama_model_quantize`). All run on 1 thread. Speed: interleaved rounds (order reversed
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEALED = ROOT.parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
 EMB = "quant{bits=8,group=128,match=embed},entropy{codec=zstd}"
 CLLM = {  # @CACHE@: one calibration shared by the calibrated pipelines
-    "cllm-tvm-int4-g128": f"quant{{bits=4,group=128}},{EMB}",                       # x86-avx512's default pipeline
+    "cllm-tvm-int4-g128": f"quant{{bits=4,group=128}},{EMB}",                       # the x86 targets' default pipeline
     "cllm-tvm-gptq-int4-g128": f"calibrate{{cache=@CACHE@}},gptq{{bits=4,group=128}},{EMB}",
     "cllm-tvm-lut4-row+gptq": f"calibrate{{cache=@CACHE@}},codebook{{bits=4,scope=row}},gptq{{act_order=false}},{EMB}",
     "cllm-tvm-budget-5.4": "calibrate{cache=@CACHE@},allocate{budget=5.4,choices=bits=2|3|4|5|6|8},"
@@ -49,7 +49,7 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
     for name, pipe in CLLM.items():
         art = work / name
         if not (art / "tvm" / "tvm.json").exists():
-            subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-t", "x86-avx512",
+            subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-t", "host",
                             "-p", pipe.replace("@CACHE@", str(work / "calib")), "-o", str(art), "--eval-windows", "0",
                             "--force"], check=True)
         relower(art)  # the package always comes from the current kernels and schedules
@@ -76,7 +76,7 @@ def relower(art: Path) -> None:
     from cllm_compiler.container import read_container
     from cllm_compiler.targets import get_target
     shutil.rmtree(art / "tvm", ignore_errors=True)
-    lower_artifact(read_container(art / "model.cllm"), art, get_target("x86-avx512"))
+    lower_artifact(read_container(art / "model.cllm"), art, get_target("host"))
 
 
 def open_model(f: dict, n_ctx: int):
@@ -130,6 +130,7 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
     from cllm_compiler.backends.tvm_layout import lower_weight
     from cllm_compiler.backends.tvm_schedule import _matmul_cpu
     from cllm_compiler.reprs import Quantized
+    from cllm_compiler.targets import get_target
     from ort_peer import build_graph, quantize
     import onnxruntime as ort
     rng, out = np.random.default_rng(0), {}
@@ -139,11 +140,12 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
                         rng.integers(0, 16, (n, ng)).astype(np.uint8), 4, 128)
         x = rng.standard_normal((1, k)).astype(np.float32)
         timers = {}
-        for name, vnni in (("tvm", False), ("tvm-int8-vnni", True)):
-            lay, arrs = lower_weight(rep, (n, k), "w", vnni=vnni)
-            func = K.matmul(lay, 1) if vnni else _matmul_cpu(K.matmul(lay, 1)).mod["main"]
+        host = get_target("host")
+        for name, int8 in (("tvm", ""), ("tvm-int8", host.extra["int8_dot"])):
+            lay, arrs = lower_weight(rep, (n, k), "w", int8=int8)
+            func = K.matmul(lay, 1) if int8 else _matmul_cpu(K.matmul(lay, 1)).mod["main"]
             lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                              target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+                              target=tvm.target.Target(host.extra["tvm_target"]))
             targs = [tvm.runtime.tensor(a) for a in [x, *[arrs[s] for s, _, _ in lay.arrays()], np.zeros((1, n), np.float32)]]
             timers[name] = (lib.mod.time_evaluator("main", tvm.cpu(), number=20, repeat=1), targs)
         opts = ort.SessionOptions()
@@ -157,7 +159,7 @@ def kernels(args: argparse.Namespace) -> dict[str, dict]:
             w = (codes.astype(np.float32) - np.repeat(zeros, 128, 1)[:, :k]) * np.repeat(scales.astype(np.float32), 128, 1)[:, :k]
             x @ w.T
 
-        t = {"tvm": [], "tvm-int8-vnni": [], "numpy-dequant": [], "onnxruntime-MatMulNBits": []}
+        t = {"tvm": [], "tvm-int8": [], "numpy-dequant": [], "onnxruntime-MatMulNBits": []}
         for _ in range(args.rounds):
             for name, (timer, targs) in timers.items():
                 t[name].append(timer(*targs).mean * 1e6)
@@ -182,10 +184,10 @@ def report(facts: dict[str, dict], kern: dict[str, dict], args: argparse.Namespa
         lines.append(f"| {k} | {f['bpw']:.3f} | {f['ppl']:.3f} | {f['kld_mean']:.4f} | {f['top1_agree']:.4f} | "
                      f"{f['decode_tok_s']:.1f} | {f['decode_vs_Q4_0']:.2f}x | {f['decode_vs_Q4_K_M']:.2f}x |")
     lines += ["", "GEMV kernel, int4 g128, batch 1, 1 thread (median us):", "",
-              "| N x K | TVM fp32 act. | TVM int8 act. (VNNI, decode default) | numpy after dequantize | "
+              "| N x K | TVM fp32 act. | TVM int8 act. (host ISA's integer dots, decode default) | numpy after dequantize | "
               "onnxruntime MatMulNBits |", "|---|---|---|---|---|"]
     for shape, t in kern.items():
-        lines.append(f"| {shape} | {t['tvm']:.1f} | {t['tvm-int8-vnni']:.1f} | {t['numpy-dequant']:.0f} | "
+        lines.append(f"| {shape} | {t['tvm']:.1f} | {t['tvm-int8']:.1f} | {t['numpy-dequant']:.0f} | "
                      f"{t['onnxruntime-MatMulNBits']:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -141,10 +141,11 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
                   on_step: Callable[[str], None] = lambda s: None,
                   write_progress: Callable[[str], None] | None = None,
                   eval_progress: Callable[[int, int], None] | None = None, lower: bool = True,
-                  reuse: tuple[Path, ...] = (), plan: dict[str, Any] | None = None) -> CompileResult:
+                  reuse: tuple[Path, ...] = (), plan: dict[str, Any] | None = None, threads: int = 1) -> CompileResult:
     """Compile `model_path` for `target`; the artifact folder appears only when complete.
     `lower=False` stops at the portable .cllm (no backend build); `reuse`: folders whose cached
-    calibration may be reused (a multi-target run shares one); `plan`: recorded in the report."""
+    calibration may be reused (a multi-target run shares one); `plan`: recorded in the report;
+    `threads`: the runners' thread count, for the speed estimate beside the measured speed."""
     t0 = time.perf_counter()
     lowers = lower and target.backend in LOWERED
     if lowers and target.backend in ("tvm", "triton", "onnx"):
@@ -175,14 +176,16 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "lowering": _lowering_note(target),  # replaced below when the backend is built
             "estimates": {"decode_tokens_per_s_bandwidth_bound": target.decode_tokens_per_s_estimate(size),
-                          "label": "estimated: target bandwidth / artifact bytes (roofline, no measurement)"},
+                          "label": "estimated: target bandwidth / artifact bytes (bandwidth-only roofline, no "
+                                   "measurement; see decode_tokens_per_s for the model with compute)"},
             "streamed": manager.streamable,
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
-        if lowers:  # lowering reads the .cllm back, so the backend sees exactly what is on disk
+        written = read_container(tmp / "model.cllm")  # the backend sees exactly what is on disk
+        report["estimates"].update(speed_estimates(written, target, threads))
+        if lowers:
             on_step(f"lowering: {target.backend} backend")
-            report["lowering"] = _backend_module(target.backend).lower_artifact(
-                read_container(tmp / "model.cllm"), tmp, target)
+            report["lowering"] = _backend_module(target.backend).lower_artifact(written, tmp, target)
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
             report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
@@ -193,6 +196,26 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
         write_bytes(tmp / "report.json", json.dumps(report, indent=1).encode())
         write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
     return CompileResult(out, report, stats)
+
+
+def speed_estimates(model: Model, target: Target, threads: int) -> dict[str, Any]:
+    """Decode tok/s estimated (bandwidth and compute) on the target's whole device, and, for a
+    target this CPU runs, on this host at `threads` threads: the number to hold against the
+    measured one."""
+    from .errors import TargetError
+    from .targets.host import host_flags, missing_flags
+    from .targets.speed import decode_estimate, matmul_split
+    nbytes, i8, other = matmul_split(model)
+    int8 = target.backend == "tvm" and target.extra.get("decode_activations") == "int8"
+    args = (target, nbytes, i8, other, model.config.num_layers)
+    out = {"decode_tokens_per_s": decode_estimate(*args, int8=int8)}
+    try:
+        runs_here = "host_rank" in target.extra and not missing_flags(target, host_flags())
+    except TargetError:  # unreadable CPU flags: nothing runs here, so there is nothing to compare
+        runs_here = False
+    if runs_here:
+        out["decode_tokens_per_s_this_host"] = decode_estimate(*args, threads=threads, int8=int8, on_host=True)
+    return out
 
 
 LOWERED = ("gguf", "tvm", "triton", "onnx")  # backends/<name>_backend.py: lower_artifact, models, speed

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import TargetError
 
-DEFAULT_TARGET = "x86-avx512"
+DEFAULT_TARGET = "host"  # the best x86 target this CPU runs (targets/host.py)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,12 @@ TARGETS: dict[str, Target] = _load()
 
 
 def get_target(name: str) -> Target:
+    """A target by name; 'host' is this CPU's best x86 target (TargetError if it has none)."""
+    if name == "host":
+        from .host import pick_host_target
+        return pick_host_target().target
     try:
         return TARGETS[name]
     except KeyError:
-        raise TargetError(f"unknown target '{name}'", hint=f"known targets: {', '.join(TARGETS)}") from None
+        raise TargetError(f"unknown target '{name}'",
+                          hint=f"known targets: host (this CPU), {', '.join(TARGETS)}; see cllm-compile --list-targets") from None

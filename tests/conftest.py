@@ -20,6 +20,26 @@ import torch
 
 torch.set_num_threads(1)
 
+def x86_params(names: tuple[str, ...] = ("x86-avx2", "x86-avx512")) -> list:
+    """Test params for native x86 code: one per ISA, each skipped (naming the flags) on a host
+    that lacks them. The AVX2 path runs on every AVX2 host, AVX-512 ones included."""
+    from cllm_compiler.targets import get_target
+    from cllm_compiler.targets.host import host_flags, missing_flags
+    flags = host_flags()
+    out = []
+    for name in names:
+        lacks = missing_flags(get_target(name), flags)
+        out.append(pytest.param(name, id=name, marks=pytest.mark.skipif(
+            bool(lacks), reason=f"{name} code needs CPU flags this host lacks: {', '.join(lacks)}")))
+    return out
+
+
+def host_target_name() -> str:
+    """The x86 target this host runs (x86-avx512 or x86-avx2): what executes here is built for it."""
+    from cllm_compiler.targets.host import pick_host_target
+    return pick_host_target().target.name
+
+
 TINY = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0)
 
@@ -68,7 +88,7 @@ def tiny_artifact(tiny_dir, tmp_path_factory) -> Path:
     from cllm_compiler.pipeline import parse_pipeline
     from cllm_compiler.targets import get_target
     out = tmp_path_factory.mktemp("art") / "a"
-    compile_model(tiny_dir, get_target("x86-avx512"),
+    compile_model(tiny_dir, get_target("host"),
                   parse_pipeline("quant{bits=4,group=64},quant{bits=8,group=128,match=embed|lm_head},"
                                  "entropy{codec=zstd}"), out, eval_windows=1, seqlen=256)
     return out

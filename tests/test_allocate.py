@@ -29,7 +29,7 @@ def test_solver_matches_brute_force():
 @pytest.mark.parametrize("budget", [3.0, 4.5])
 def test_file_meets_budget(tiny_dir, tmp_path, budget):
     pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", str(budget))
-    res = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipe), tmp_path / "a")
+    res = compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe), tmp_path / "a")
     bpw = res.report["bits_per_weight"]
     assert abs(bpw - budget) <= 0.01, bpw
     assert bpw <= budget + 1e-9
@@ -42,7 +42,7 @@ def test_file_meets_budget(tiny_dir, tmp_path, budget):
 def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path):
     pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "1.0")
     with pytest.raises(PassError, match="below the smallest reachable"):
-        compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipe), tmp_path / "a")
+        compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe), tmp_path / "a")
     assert not (tmp_path / "a").exists()
 
 
@@ -52,6 +52,6 @@ def test_parallel_candidates_give_the_same_bytes(tiny_dir, tmp_path):
     out = {}
     for w in (1, 2):
         p = pipe.replace("allocate{budget=3.5,", f"allocate{{budget=3.5,workers={w},")
-        compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(p), tmp_path / f"w{w}")
+        compile_model(tiny_dir, get_target("host"), parse_pipeline(p), tmp_path / f"w{w}")
         out[w] = (tmp_path / f"w{w}" / "model.cllm").read_bytes()
     assert out[1] == out[2]

@@ -63,8 +63,9 @@ def test_eval_cli_matches_manual_ppl(tiny_dir, tiny_artifact, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt-safetensors", "corrupt-gguf", "target", "pipeline",
-                                  "recipe", "unsupported"])
-def test_bad_inputs_give_one_clear_error_and_no_artifact(case, tiny_dir, tmp_path, capsys):
+                                  "recipe", "unsupported", "threads-0", "threads-negative", "threads-env",
+                                  "host-unreadable", "host-no-flags"])
+def test_bad_inputs_give_one_clear_error_and_no_artifact(case, tiny_dir, tmp_path, capsys, monkeypatch):
     import shutil
     model, extra = str(tiny_dir), []
     if case == "missing":
@@ -84,6 +85,16 @@ def test_bad_inputs_give_one_clear_error_and_no_artifact(case, tiny_dir, tmp_pat
     elif case == "recipe":
         (tmp_path / "r.yaml").write_text("pipeline: [ {quant: {bits: 4}\n")
         extra = ["--recipe", str(tmp_path / "r.yaml")]
+    elif case.startswith("threads"):
+        extra = {"threads-0": ["--threads", "0"], "threads-negative": ["--threads", "-2"]}.get(case, [])
+        monkeypatch.setenv("CLLM_THREADS", "two")  # only read when --threads is absent
+    elif case.startswith("host"):
+        from cllm_compiler.targets import host
+        info = tmp_path / "cpuinfo"
+        if case == "host-no-flags":
+            info.write_text("processor : 0\nmodel name : X\n")
+        monkeypatch.setattr(host, "CPUINFO", info)
+        extra = ["-t", "host"]
     elif case == "unsupported":
         d = tmp_path / "m"
         shutil.copytree(tiny_dir, d)

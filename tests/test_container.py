@@ -11,6 +11,7 @@ from cllm_compiler.loading import load_model
 from cllm_compiler.passmanager import PassManager
 from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.targets import get_target
+from tests.conftest import host_target_name
 
 PIPE = "quant{bits=3,group=64},quant{bits=5,group=0,match=embed},cast{dtype=bf16,match=norm},entropy{codec=zstd}"
 
@@ -94,18 +95,18 @@ def test_inspect_bpw_is_file_bytes_over_params(tiny_artifact, capsys):
 def test_artifacts_are_deterministic(tiny_dir, tmp_path):
     pipe = parse_pipeline(PIPE)
     for name in ("a", "b"):
-        compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(PIPE), tmp_path / name)
+        compile_model(tiny_dir, get_target("host"), parse_pipeline(PIPE), tmp_path / name)
     for f in ("model.cllm", "manifest.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert man["pipeline"] == ",".join(p.spec() for p in pipe) and man["source"]["sha256"]
-    assert man["tools"]["torch"] and man["target"] == "x86-avx512"
+    assert man["tools"]["torch"] and man["target"] == host_target_name()
 
 
 def test_streaming_and_whole_model_compiles_write_the_same_bytes(tiny_dir, tmp_path):
     from cllm_compiler.passmanager import IRDumpInstrument
-    a = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(PIPE), tmp_path / "a")
-    b = compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(PIPE), tmp_path / "b",
+    a = compile_model(tiny_dir, get_target("host"), parse_pipeline(PIPE), tmp_path / "a")
+    b = compile_model(tiny_dir, get_target("host"), parse_pipeline(PIPE), tmp_path / "b",
                       dump_ir=tmp_path / "ir")  # an IR dump needs whole-model passes
     assert a.report["streamed"] and not b.report["streamed"]
     assert (tmp_path / "a" / "model.cllm").read_bytes() == (tmp_path / "b" / "model.cllm").read_bytes()

@@ -102,7 +102,7 @@ import sys
 from cllm_compiler.compiler import compile_model
 from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.targets import get_target
-compile_model(sys.argv[1], get_target("x86-avx512"),
+compile_model(sys.argv[1], get_target("host"),
               parse_pipeline("quant{bits=3,group=64},quant{bits=8,match=embed},entropy{codec=auto}"), sys.argv[2])
 """
 

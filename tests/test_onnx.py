@@ -16,7 +16,7 @@ from cllm_compiler.targets import get_target
 
 
 def _ir(tiny_dir, tmp_path, pipeline):
-    compile_model(tiny_dir, get_target("x86-avx512"), parse_pipeline(pipeline), tmp_path / "ir", lower=False)
+    compile_model(tiny_dir, get_target("host"), parse_pipeline(pipeline), tmp_path / "ir", lower=False)
     return read_container(tmp_path / "ir" / "model.cllm")
 
 

@@ -4,7 +4,7 @@ from cllm_compiler.errors import TargetError
 from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.targets import DEFAULT_TARGET, TARGETS, get_target
 
-REQUIRED = ["x86-avx512", "jetson-orin-agx-64gb", "jetson-orin-agx-32gb", "jetson-orin-nano-8gb",
+REQUIRED = ["x86-avx512", "x86-avx2", "jetson-orin-agx-64gb", "jetson-orin-agx-32gb", "jetson-orin-nano-8gb",
             "h100", "rtx-4090", "gguf-cpu", "onnx-cpu"]
 
 
@@ -17,7 +17,7 @@ def test_target_facts_and_default_pipeline(name):
 
 
 def test_orin_is_cortex_a78ae_sm87():
-    for name in REQUIRED[1:4]:
+    for name in REQUIRED[2:5]:
         t = TARGETS[name]
         assert "A78AE" in t.extra["cpu"]
         assert t.extra["tvm_target"]["arch"] == "sm_87"
@@ -25,10 +25,68 @@ def test_orin_is_cortex_a78ae_sm87():
 
 
 def test_default_and_unknown():
-    assert DEFAULT_TARGET == "x86-avx512"
+    assert DEFAULT_TARGET == "host"
     with pytest.raises(TargetError) as e:
         get_target("jetson-xavier")
-    assert "x86-avx512" in e.value.hint
+    assert "host" in e.value.hint and "x86-avx2" in e.value.hint
+
+
+AVX2 = frozenset("fpu sse sse2 avx avx2 fma f16c bmi1 bmi2 abm movbe".split())
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16"}
+
+
+@pytest.mark.parametrize("flags,want", [(AVX512, "x86-avx512"), (AVX2, "x86-avx2"),
+                                        (AVX512 - {"avx512_vnni"}, "x86-avx2")])  # Skylake-SP: no VNNI
+def test_host_target_is_the_best_the_flags_allow(flags, want):
+    from cllm_compiler.targets.host import pick_host_target
+    choice = pick_host_target(flags, "x86_64")
+    assert choice.target.name == want
+    if want == "x86-avx2":
+        assert "not x86-avx512: no " in choice.reason
+
+
+def test_host_without_avx2_or_not_x86_is_refused():
+    from cllm_compiler.targets.host import pick_host_target
+    with pytest.raises(TargetError, match="lacks|none of") as e:
+        pick_host_target(AVX2 - {"avx2"}, "x86_64")
+    assert "avx2" in e.value.message and "gguf-cpu" in e.value.hint
+    with pytest.raises(TargetError, match="aarch64") as e:
+        pick_host_target(AVX2, "aarch64")
+    assert "gguf-cpu" in e.value.hint
+
+
+def test_host_flags_read_hide_and_fail_clearly(tmp_path, monkeypatch):
+    from cllm_compiler.targets import host
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f avx512_vnni fma\n\nprocessor\t: 1\n")
+    assert host.read_flags(info) == {"fpu", "avx2", "avx512f", "avx512_vnni", "fma"}
+    assert host.host_flags(info, hide="avx512*") == {"fpu", "avx2", "fma"}
+    monkeypatch.setenv(host.HIDE_ENV, "avx512*, fma")
+    assert host.host_flags(info) == {"fpu", "avx2"}
+    with pytest.raises(TargetError, match="cannot read") as e:
+        host.read_flags(tmp_path / "missing")
+    assert "--target x86-avx2" in e.value.hint
+    info.write_text("processor : 0\n")
+    with pytest.raises(TargetError, match="no CPU flags"):
+        host.read_flags(info)
+
+
+def test_host_resolves_for_this_cpu():
+    from cllm_compiler.targets.host import host_flags, missing_flags, resolve_target
+    t, why = resolve_target("host")
+    assert t.name in ("x86-avx512", "x86-avx2") and not missing_flags(t, host_flags())
+    assert why.startswith(f"--target host: {t.name}, this CPU has ")
+    assert resolve_target("gguf-cpu") == (get_target("gguf-cpu"), "")
+
+
+def test_x86_targets_int8_dot_and_isa_agree():
+    """The integer-dot kernel each x86 target uses needs flags its isa list names (the host check
+    reads that list): VNNI's vpdpbusd avx512_vnni, AVX2's vpmaddubsw avx2."""
+    need = {"vnni": "avx512_vnni", "avx2": "avx2"}
+    for name in ("x86-avx512", "x86-avx2"):
+        t = get_target(name)
+        assert need[t.extra["int8_dot"]] in t.extra["isa"]
+        assert ("avx512f" in t.extra["isa"]) == (t.extra["tvm_target"]["mcpu"] == "x86-64-v4")
 
 
 def test_roofline_estimate_scales_with_bytes():

@@ -4,6 +4,7 @@ qemu, and clear errors for what a target cannot run."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from cllm_compiler.pipeline import parse_pipeline
 from cllm_compiler.reprs import Dense, Quantized
 from cllm_compiler.reprs_codebook import Codebook
 from cllm_compiler.targets import get_target
+from tests.conftest import host_target_name, x86_params
 
-X86 = {"kind": "llvm", "mcpu": "znver4"}
 RNG = np.random.default_rng(0)
 
 
@@ -54,9 +55,14 @@ REPS = {
 }
 
 
-def _run(func, arrays: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+def _x86(name: str | None = None) -> dict:
+    """The LLVM target of an x86 target (default: the one this host runs)."""
+    return dict(get_target(name or host_target_name()).extra["tvm_target"])
+
+
+def _run(func, arrays: list[np.ndarray], out_shape: tuple[int, ...], isa: str | None = None) -> np.ndarray:
     import tvm
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(X86))
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(_x86(isa)))
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev) for a in [*arrays, np.zeros(out_shape, np.float32)]]
     lib["main"](*args)
@@ -74,21 +80,24 @@ def test_pack_codes_roundtrip(codes_bits):
     assert np.array_equal(out.reshape(-1, 32)[:37].T, codes)
 
 
+@pytest.mark.parametrize("isa", x86_params())
 @pytest.mark.parametrize("name", list(REPS))
 @pytest.mark.parametrize("rows", [1, 5])
-def test_matmul_kernels_match_numpy(name, rows):
-    """GEMV (rows=1, grouped form) and GEMM (rows=5) on the compressed arrays == x @ decode(W).T."""
+def test_matmul_kernels_match_numpy(name, rows, isa):
+    """GEMV (rows=1, grouped form) and GEMM (rows=5) on the compressed arrays == x @ decode(W).T,
+    built for each x86 ISA this host runs."""
     rep = REPS[name]()
     w = rep.decode().numpy()
     lay, arrs = lower_weight(rep, w.shape, name)
     x = RNG.standard_normal((rows, w.shape[1])).astype(np.float32)
     func = _matmul_cpu(K.matmul(lay, 1 if rows == 1 else None)).mod["main"]
-    got = _run(func, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (rows, w.shape[0]))
+    got = _run(func, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (rows, w.shape[0]), isa)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
-def test_attention_kernel_matches_torch():
+@pytest.mark.parametrize("isa", x86_params())
+def test_attention_kernel_matches_torch(isa):
     layers, heads, kvh, dim, max_len, pos, m = 2, 4, 2, 16, 64, 7, 5
     cache = np.zeros(K.cache_shape(layers, kvh, dim, max_len), np.float32)
     k = RNG.standard_normal((pos + m, kvh, dim)).astype(np.float32)
@@ -99,7 +108,7 @@ def test_attention_kernel_matches_torch():
     q = RNG.standard_normal((m, heads, dim)).astype(np.float32)
     import tvm
     func = _attention_cpu(K.attention(layers, heads, kvh, dim, max_len)).mod["main"]
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(X86))
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(_x86(isa)))
     out = tvm.runtime.tensor(np.zeros((m, heads, dim), np.float32))
     lib["main"](tvm.runtime.tensor(q), tvm.runtime.tensor(cache), pos, 1, out)
     kk, vv = (torch.from_numpy(a).repeat_interleave(heads // kvh, 1).transpose(0, 1) for a in (k, v))
@@ -108,16 +117,30 @@ def test_attention_kernel_matches_torch():
     assert np.abs(out.numpy() - ref.transpose(0, 1).numpy()).max() < 1e-5
 
 
+INT8 = {"x86-avx2": ("avx2", "a"), "x86-avx512": ("vnni", "v")}
+
+
+@pytest.mark.parametrize("isa", x86_params())
 @pytest.mark.parametrize("zero", ["int", "sym", "float"])
-def test_vnni_gemv_matches_int8_activation_reference(zero):
-    """The VNNI decode GEMV equals a numpy model of it (per-block int8 activations, integer dot
-    products) to fp32 rounding, and the float product to the int8 error."""
+def test_int8_gemv_matches_int8_activation_reference(zero, isa):
+    """The int8-activation decode GEMV (AVX2 maddubs/madd, AVX-512 VNNI) equals a numpy model of it
+    (per-block int8 activations, integer dot products) to fp32 rounding, and the float product to
+    the int8 error."""
+    dot, suffix = INT8[isa]
+    assert get_target(isa).extra["int8_dot"] == dot
     rep = _quant(192, 576, 4, 128, zero)
-    lay, arrs = lower_weight(rep, (192, 576), "w", vnni=True)
-    assert lay.vnni and lay.tag.endswith("v")
+    lay, arrs = lower_weight(rep, (192, 576), "w", int8=dot)
+    assert lay.int8 == dot and lay.tag.endswith(suffix)
     x = RNG.standard_normal((1, 576)).astype(np.float32)
-    got = _run(K.matmul(lay, 1), [x, *[arrs[s] for s, _, _ in lay.arrays()]], (1, 192))
-    blocks = x.reshape(-1, 64)  # B = gcd(128, 576) = 64
+    x[0, 7] = 40.0  # an outlier: its block's scale is large, the rest of the block coarse
+    got = _run(K.matmul(lay, 1), [x, *[arrs[s] for s, _, _ in lay.arrays()]], (1, 192), isa)
+    _check_int8(got, x, rep, 64)  # B = gcd(128, 576) = 64
+
+
+def _check_int8(got: np.ndarray, x: np.ndarray, rep: Quantized, block: int) -> None:
+    """`got` equals x @ W.T with x quantized to int8 per block of `block` inputs (to fp32 rounding),
+    and the float product to the int8 error."""
+    blocks = x.reshape(-1, block)
     sa = np.abs(blocks).max(1, keepdims=True) / 127
     xq = (np.round(blocks / sa) * sa).reshape(1, -1)
     w = rep.decode().numpy().astype(np.float64)
@@ -126,23 +149,25 @@ def test_vnni_gemv_matches_int8_activation_reference(zero):
     assert np.abs(got - ref).max() <= 0.03 * np.abs(ref).max()
 
 
-def test_vnni_layout_decodes_in_the_prefill_kernels():
+@pytest.mark.parametrize("isa", x86_params())
+def test_int8_layout_decodes_in_the_prefill_kernels(isa):
     rep = _quant(64, 256, 3, 64, "int")
-    lay, arrs = lower_weight(rep, (64, 256), "w", vnni=True)
+    lay, arrs = lower_weight(rep, (64, 256), "w", int8=INT8[isa][0])
     x = RNG.standard_normal((4, 256)).astype(np.float32)
-    got = _run(_matmul_cpu(K.matmul(lay)).mod["main"], [x, *[arrs[s] for s, _, _ in lay.arrays()]], (4, 64))
+    got = _run(_matmul_cpu(K.matmul(lay)).mod["main"], [x, *[arrs[s] for s, _, _ in lay.arrays()]], (4, 64), isa)
     ref = x.astype(np.float64) @ rep.decode().numpy().T.astype(np.float64)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_int8_decode_is_the_default_on_x86_and_close_to_torch(tiny_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("isa", x86_params())
+def test_int8_decode_is_the_default_on_x86_and_close_to_torch(tiny_dir, tmp_path, monkeypatch, isa):
     import json
     from cllm_compiler.backends.tvm_run import TvmModel
     from cllm_compiler.validate import compare_logits
     monkeypatch.delenv("CLLM_DECODE_ACTIVATIONS")
-    res = _compile_x86(tiny_dir, tmp_path / "a", "quant{bits=4,group=64},entropy")
+    res = _compile_x86(tiny_dir, tmp_path / "a", "quant{bits=4,group=64},entropy", isa=isa)
     man = json.loads((res.out / "tvm" / "tvm.json").read_text())
-    assert man["decode_activations"].startswith("int8") and "q4g64zv" in man["kernels"]
+    assert man["decode_activations"].startswith("int8") and f"q4g64z{INT8[isa][1]}" in man["kernels"]
     ids = torch.randint(0, 512, (64,), generator=torch.Generator().manual_seed(1))
     ref = _torch_logits(res.out, ids)
     tm = TvmModel(res.out / "tvm")
@@ -153,14 +178,15 @@ def test_int8_decode_is_the_default_on_x86_and_close_to_torch(tiny_dir, tmp_path
     assert q["kld_mean"] < 0.01 and abs(q["ppl_device"] / q["ppl_torch"] - 1) < 0.02, q
 
 
-def _compile_x86(src: Path, out: Path, pipe: str, **kw):
-    return compile_model(src, get_target("x86-avx512"), parse_pipeline(pipe), out, seqlen=128, **kw)
+def _compile_x86(src: Path, out: Path, pipe: str, isa: str | None = None, **kw):
+    return compile_model(src, get_target(isa or "host"), parse_pipeline(pipe), out, seqlen=128, **kw)
 
 
-@pytest.fixture(scope="module")
-def x86_artifact(tiny_dir, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=x86_params())
+def x86_artifact(tiny_dir, tmp_path_factory, request) -> Path:
     out = tmp_path_factory.mktemp("tvm") / "a"
-    _compile_x86(tiny_dir, out, "quant{bits=4,group=128},quant{bits=8,group=128,match=embed|lm_head},entropy")
+    _compile_x86(tiny_dir, out, "quant{bits=4,group=128},quant{bits=8,group=128,match=embed|lm_head},entropy",
+                 isa=request.param)
     return out
 
 
@@ -211,7 +237,7 @@ def test_compile_report_has_tvm_backend_eval(tiny_dir, tmp_path):
 
 
 def test_unsupported_format_refused_before_any_work(tiny_dir, tmp_path):
-    with pytest.raises(TargetError, match="sparse.*x86-avx512") as e:
+    with pytest.raises(TargetError, match=f"sparse.*{host_target_name()}") as e:
         _compile_x86(tiny_dir, tmp_path / "a", "nm{n=2,m=4},quant{bits=4,group=64}")
     assert "dense, quant, codebook, encoded" in (e.value.hint or "")
     assert not (tmp_path / "a").exists()
@@ -289,3 +315,108 @@ def test_aarch64_kernels_under_qemu_match_numpy(tmp_path, rows):
     ref = x.astype(np.float64) @ rep.decode().numpy().T.astype(np.float64)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     assert not math.isnan(float(got.sum()))
+
+
+EVEX = re.compile(r"%(zmm\d+|k[0-7]\b|[xy]mm(1[6-9]|2\d|3[01])\b)")
+
+
+def evex_instructions(library: Path) -> list[str]:
+    """AVX-512 (EVEX-encoded) instructions in a shared library: a zmm, mask or upper-16 vector
+    register, or an instruction whose first byte is 0x62 (EVEX; BOUND is invalid in 64-bit mode)."""
+    import subprocess
+    text = subprocess.run(["objdump", "-d", "-w", str(library)],
+                          capture_output=True, text=True, check=True).stdout
+    hits = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and (parts[1].strip().startswith("62 ") or EVEX.search(parts[2])):
+            hits.append(line.strip())
+    return hits
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_x86_packages_use_only_their_isa(x86_artifact):
+    """An x86-avx2 package holds no AVX-512 instruction (it runs on AVX2-only laptops and VMs);
+    an x86-avx512 package does use them (the check can see them)."""
+    import json
+    man = json.loads((x86_artifact / "tvm" / "tvm.json").read_text())
+    hits = evex_instructions(x86_artifact / "tvm" / man["library"])
+    if man["target"] == "x86-avx2":
+        assert not hits, hits[:5]
+    else:
+        assert len(hits) > 100
+
+
+def _qemu_tools_missing() -> list[str]:
+    from cllm_compiler.backends.tvm_crosscheck import missing_tools
+    return missing_tools("x86-avx2")
+
+
+needs_qemu_x86 = pytest.mark.skipif(bool(_qemu_tools_missing()), reason="needs gcc and qemu-user (qemu-x86_64)")
+
+
+@needs_qemu_x86
+@pytest.mark.parametrize("name,rows", [("int8", 1), ("q4g128z", 1), ("q4g128z", 3), ("lut4r_g64", 1),
+                                       ("lut4r_g64", 3), ("dense", 1)])
+def test_avx2_kernels_run_on_an_emulated_avx2_only_cpu(tmp_path, name, rows):
+    """x86-avx2 kernels, linked into a static runner, give numpy's answer on qemu's Haswell (AVX2 +
+    FMA, no AVX-512): they run on such a CPU, whatever CPU runs the tests."""
+    from cllm_compiler.backends.tvm_crosscheck import build_runner, run_kernel
+    rep = _quant(192, 576, 4, 128, "int") if name == "int8" else REPS[name]()
+    n, k = rep.shape if hasattr(rep, "shape") else rep.decode().shape
+    lay, arrs = lower_weight(rep, (n, k), "w", int8="avx2" if name == "int8" else "")
+    x = RNG.standard_normal((rows, k)).astype(np.float32)
+    func = K.matmul(lay, 1) if lay.int8 else _matmul_cpu(K.matmul(lay, 1 if rows == 1 else rows)).mod["main"]
+    exe = build_runner(func, tmp_path, machine="x86-avx2")
+    got = run_kernel(exe, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (rows, n), machine="x86-avx2")
+    if lay.int8:
+        _check_int8(got, x, rep, 64)
+    else:
+        ref = x.astype(np.float64) @ rep.decode().numpy().T.astype(np.float64)
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@needs_qemu_x86
+def test_avx512_kernel_dies_on_the_emulated_avx2_cpu(tmp_path):
+    """The emulated CPU really lacks AVX-512: the VNNI kernel built for x86-avx512 is SIGILL there,
+    which is why a package is never run on a host without its target's flags."""
+    from cllm_compiler.backends.tvm_crosscheck import build_runner, run_kernel
+    rep = _quant(64, 256, 4, 128, "int")
+    lay, arrs = lower_weight(rep, (64, 256), "w", int8="vnni")
+    exe = build_runner(K.matmul(lay, 1), tmp_path, target=dict(get_target("x86-avx512").extra["tvm_target"]),
+                       machine="x86-avx2")
+    x = RNG.standard_normal((1, 256)).astype(np.float32)
+    with pytest.raises(BackendError, match="exit -4|Illegal instruction"):
+        run_kernel(exe, [x, *[arrs[s] for s, _, _ in lay.arrays()]], (1, 64), machine="x86-avx2")
+
+
+RUN_IN_QEMU = """
+import sys, numpy as np
+from cllm_compiler.backends.tvm_run import TvmModel
+tm = TvmModel(sys.argv[1])
+ids = list(range(5, 37))
+out = [tm.logits(ids)] + [tm._run("decode", [7 + i], 32 + i) for i in range(4)]
+np.save(sys.argv[2], np.concatenate(out))
+"""
+
+
+@needs_qemu_x86
+def test_avx2_package_runs_on_an_emulated_avx2_only_cpu(tiny_dir, tmp_path, monkeypatch):
+    """A whole x86-avx2 package (int8-activation decode on) loaded by cllm's runner in Python on
+    qemu's Haswell gives the same logits, bit for bit, as on this CPU."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("CLLM_DECODE_ACTIVATIONS", "int8")
+    res = _compile_x86(tiny_dir, tmp_path / "a", "quant{bits=4,group=64},quant{bits=8,group=128,match=embed},entropy",
+                       isa="x86-avx2", eval_windows=0)
+    script = tmp_path / "run.py"
+    script.write_text(RUN_IN_QEMU)
+    env = {**__import__("os").environ, "CLLM_HIDE_CPU_FLAGS": "avx512*"}
+    outs = {}
+    for where, prefix in (("here", []), ("qemu", ["qemu-x86_64", "-cpu", "Haswell-v4"])):
+        outs[where] = tmp_path / f"{where}.npy"
+        r = subprocess.run([*prefix, sys.executable, str(script), str(res.out / "tvm"), str(outs[where])],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    here, emulated = np.load(outs["here"]), np.load(outs["qemu"])
+    assert here.shape == (36, 512) and np.array_equal(here, emulated)

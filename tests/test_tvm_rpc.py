@@ -58,7 +58,7 @@ class RpcServer:
 @pytest.fixture(scope="module")
 def artifact(tiny_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rpc") / "a"
-    compile_model(tiny_dir, get_target("x86-avx512"),
+    compile_model(tiny_dir, get_target("host"),
                   parse_pipeline("quant{bits=4,group=64},quant{bits=8,group=128,match=embed|lm_head},entropy"), out)
     return out
 

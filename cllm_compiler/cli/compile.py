@@ -7,15 +7,16 @@ from typing import Any
 
 from ..passes_base import PASSES
 from ..passmanager import Instrument
-from ..targets import DEFAULT_TARGET, TARGETS, get_target
+from ..targets import DEFAULT_TARGET, TARGETS
 from .summary import print_summary
-from .ui import console, out, progress, run_cli, setup_threads, step
+from .ui import THREADS_HELP, console, out, progress, run_cli, setup_threads, step
 
 EPILOG = """\
 examples:
-  cllm-compile                                   # SmolLM2-135M for x86-avx512, the target's plan
-  cllm-compile --validate                        # + cross-backend check, latency/energy/memory, report.html
-  cllm-compile model.gguf --targets x86-avx512,gguf-cpu,jetson-orin-nano-8gb -o multi/   # one run, 3 plans
+  cllm-compile                                   # SmolLM2-135M for this CPU (--target host), the target's plan
+  cllm-compile --validate --threads 2            # + cross-backend check, latency vs llama.cpp, energy, report.html
+  cllm-compile -t x86-avx512 -o srv/             # for an AVX-512 server (built here; run only where it can)
+  cllm-compile model.gguf --targets x86-avx2,gguf-cpu,jetson-orin-nano-8gb -o multi/   # one run, 3 plans
   cllm-compile -p default -t gguf-cpu            # the target's fast round-to-nearest pipeline (no calibration)
   cllm-compile model.gguf --target jetson-orin-nano-8gb -o orin/   # aarch64 + sm_87 package in orin/tvm/
   cllm-compile hf_dir/ --pipeline "quant{bits=3,group=64},entropy{codec=zstd}" --eval-windows 8
@@ -42,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="cllm-compile", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="HF folder, .gguf file (default: embedded SmolLM2-135M-Instruct)")
-    ap.add_argument("--target", "-t", default=DEFAULT_TARGET, help=f"target device (default {DEFAULT_TARGET}; see --list-targets)")
+    ap.add_argument("--target", "-t", default=DEFAULT_TARGET,
+                    help=f"target device (default {DEFAULT_TARGET}: the best x86 target this CPU runs, x86-avx512 "
+                         "or x86-avx2, read from its CPU flags; see --list-targets)")
     ap.add_argument("--targets", metavar="A,B,C",
                     help="compile for several targets in one run (each with its own plan, one shared calibration); "
                          "-o is then the parent folder, with one folder per target and a manifest.json")
@@ -64,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="after compiling: cross-backend equivalence, latency p50/p95 vs llama.cpp on the same IR, "
                          "memory, energy (measured or labelled estimate); writes report.json + report.html")
     ap.add_argument("--repeats", type=int, default=20, help="latency repeats for --validate (default 20)")
+    ap.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     ap.add_argument("--dump-ir", type=Path, metavar="DIR", help="write an IR summary after every pass")
     ap.add_argument("--list-targets", action="store_true", help="list targets and exit")
     ap.add_argument("--list-passes", action="store_true", help="list passes with their parameters and exit")
@@ -103,6 +107,15 @@ def list_passes() -> None:
 
 
 def list_targets() -> None:
+    from ..errors import TargetError
+    from ..targets.host import pick_host_target
+    try:
+        choice = pick_host_target()
+        host = f"this CPU: {choice.target.name} ({choice.reason})"
+    except TargetError as e:
+        host = f"none on this CPU ({e.message})"
+    out.print(f"[bold]{'host':<22}[/] the best x86 target the compiling CPU runs (the default); {host}",
+              highlight=False, markup=True, soft_wrap=True)
     for t in TARGETS.values():
         out.print(f"[bold]{t.name:<22}[/] {t.description}  [dim]backend={t.backend}, {t.memory_gb:g} GB, "
                   f"{t.bandwidth_gbs:g} GB/s[/]\n{'':24}plan facts: {t.extra.get('plan', {})}"
@@ -133,7 +146,13 @@ def _main(argv: list[str] | None) -> int:
         return 0
     from ..default_model import default_model_path
     from ..errors import CllmError
-    targets = [get_target(t.strip()) for t in (args.targets or args.target).split(",") if t.strip()]
+    from ..targets.host import resolve_target
+    args.threads = setup_threads(args.threads)  # a bad count is refused before any work
+    resolved = [resolve_target(t.strip()) for t in (args.targets or args.target).split(",") if t.strip()]
+    targets = [t for t, _ in resolved]
+    for _, why in resolved:
+        if why:
+            step(why)
     if len({t.name for t in targets}) != len(targets) or not targets:
         raise CllmError(f"--targets {args.targets!r}: give distinct target names", hint="see --list-targets")
     model_path = Path(args.model) if args.model else default_model_path()
@@ -148,7 +167,6 @@ def _main(argv: list[str] | None) -> int:
     from ..loading import load_model
     source = cache(lambda: load_model(model_path))  # read once, and only when a plan needs its size
     jobs = [(t, *_passes(args, t, source)) for t in targets]  # every plan before any work
-    setup_threads()
     stem = model_path.stem.split(".")[0]
     if not args.targets:
         t, passes, plan = jobs[0]
@@ -209,7 +227,7 @@ def _compile_one(args: argparse.Namespace, model_path: Path, target: Any, passes
                                instruments=[_ProgressInstrument(prog)], on_step=step,
                                eval_progress=eval_progress, lower=not args.no_lower,
                                write_progress=lambda name: prog.update(wtask, advance=1, visible=True),
-                               reuse=reuse, plan=plan)
+                               reuse=reuse, plan=plan, threads=args.threads)
         if args.validate:
             from ..validation.local import ValidateOptions, validate_local
             vtask = prog.add_task("latency repeats", total=args.repeats, visible=False)

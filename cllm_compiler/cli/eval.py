@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from .ui import out, progress, run_cli, setup_threads, step
+from .ui import THREADS_HELP, out, progress, run_cli, setup_threads, step
 
 EPILOG = """\
 examples:
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="write results as JSON here")
     ap.add_argument("--kld-out", type=Path, help="save per-token KLD/top-1 arrays (.npz) to merge shards")
     ap.add_argument("--no-report", action="store_true", help="do not update the artifact's report.json")
+    ap.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     return ap.parse_args(argv)
 
 
@@ -44,7 +45,7 @@ def _main(argv: list[str] | None) -> int:
     from ..errors import EvalError
     from ..evaluate import evaluate, tokenize, wikitext_text
     from ..loading import load_model
-    setup_threads()
+    setup_threads(args.threads)
     models = {m: load_model(m) for m in args.models}
     ref_path = args.reference or _recorded_source(args.models[0])
     nets = {}

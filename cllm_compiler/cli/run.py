@@ -1,7 +1,7 @@
 """cllm-run: generate text with a compiled artifact on this machine.
 
 An artifact with a lowered model.gguf runs in llama.cpp (llama-cpp-python); one with a TVM
-package built for this machine (tvm/, --target x86-avx512) runs in TVM's Relax VM with the
+package built for this machine (tvm/, --target host: x86-avx2 or x86-avx512) runs in TVM's Relax VM with the
 compressed weights; `--device cuda` runs any artifact on an NVIDIA GPU with cllm's Triton
 kernels reading the compressed weights in place (quant, codebook, VQ, 2:4, + low-rank; CUDA
 graphs for decode); any other runs in the PyTorch reference runner (decoded float32 weights).
@@ -13,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .ui import run_cli, setup_threads, step
+from .ui import THREADS_HELP, run_cli, setup_threads, step
 
 EPILOG = """\
 examples:
   cllm-run out/smollm2-gguf-cpu --prompt "The capital of France is" -n 16
-  cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time"          # TVM package (tvm/)
-  cllm-run out/smollm2-x86-avx512 --prompt "Once upon a time" --runner torch
+  cllm-run out/smollm2-x86-avx2 --prompt "Once upon a time" --threads 2   # TVM package (tvm/)
+  cllm-run out/smollm2-x86-avx2 --prompt "Once upon a time" --runner torch
   cllm-run art/ --chat "What is the capital of France?"     # applies the model's chat template
   cllm-run out/smollm2-h100 --prompt "Once upon a time" --device cuda   # Triton kernels on the GPU
 """
@@ -42,8 +42,9 @@ def _main(argv: list[str] | None) -> int:
                          "built for this host, else torch")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: run on the NVIDIA GPU with the Triton kernels (needs pip install -e .[cuda])")
+    ap.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     args = ap.parse_args(argv)
-    setup_threads()
+    setup_threads(args.threads)
     from ..errors import CllmError
     if args.device == "cuda" or args.runner == "triton":
         step(f"runner: Triton kernels on the GPU ({args.artifact / 'model.cllm'})")
@@ -57,7 +58,7 @@ def _main(argv: list[str] | None) -> int:
         raise CllmError(f"{args.artifact} has no model.gguf", hint="compile with --target gguf-cpu, or use --runner torch")
     if runner == "tvm" and not local_tvm:
         raise CllmError(f"{args.artifact} has no TVM package built for this machine",
-                        hint="compile with --target x86-avx512; Jetson packages run on the device (cllm-validate)")
+                        hint="compile with --target host (this CPU's x86 target); Jetson packages run on the device (cllm-validate)")
     if runner == "llama.cpp":
         step(f"runner: llama.cpp ({gguf})")
         from ..backends.gguf_run import LlamaCppModel

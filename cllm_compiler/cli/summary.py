@@ -13,6 +13,27 @@ def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
+def estimate_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The speed estimates, each labelled with its model; beside a measured speed on this host, the
+    estimate for this host and its ratio to the measurement."""
+    est = report["estimates"]
+    rows = []
+    here = est.get("decode_tokens_per_s_this_host")
+    if here:
+        sp = next((b["speed"] for b in (report.get("eval") or {}).get("backends", {}).values() if "speed" in b), None)
+        vs = f" ({here['value'] / sp['decode_tok_s']:.2f}x the measured)" if sp else ""
+        rows.append((f"decode tok/s on this host, {here['threads']} thread(s) (estimated: roofline with compute)",
+                     f"{here['value']:,.0f}{vs}"))
+    on = est.get("decode_tokens_per_s")
+    if on:
+        rows.append((f"decode tok/s on {report['target']}, whole device (estimated: roofline with compute)",
+                     f"{on['value']:,.0f}"))
+    else:  # reports written before the compute-aware model
+        rows.append(("decode tok/s on target (estimated, bandwidth-only roofline)",
+                     f"{est['decode_tokens_per_s_bandwidth_bound']:,.0f}"))
+    return rows
+
+
 def print_summary(report: dict[str, Any], folder: Path) -> None:
     params = report["params"]
     t = Table(title=f"cllm: {folder}  (target {report['target']})", show_header=True)
@@ -45,8 +66,8 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
         t.add_row(f"{low.get('backend', '?')} file ({low.get('file', '?')}): size / bits/weight", "",
                   f"{_mb(low.get('bytes', 0))} / {low.get('bits_per_weight', 0):.3f}")
     t.add_row("compile time / peak RSS", "", f"{report['timing']['compile_s']:.1f} s / {report['peak_rss_mib']:.0f} MiB")
-    est = report["estimates"]["decode_tokens_per_s_bandwidth_bound"]
-    t.add_row("decode tok/s on target (estimated, roofline)", "", f"{est:,.0f}")
+    for label, value in estimate_rows(report):
+        t.add_row(label, "", value)
     out.print(t)
     out.print(f"[dim]pipeline: {report['pipeline']}[/]", highlight=False)
     if isinstance(low, dict):

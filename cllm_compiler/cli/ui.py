@@ -16,11 +16,33 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def setup_threads() -> None:
-    # One thread unless asked: on small shared machines torch's OpenMP spin-wait with 2 threads
-    # was measured 12-25x slower than 1.
+THREADS_HELP = ("threads for the runners that measure and evaluate (TVM's pool, llama.cpp, onnxruntime, "
+                "torch); default $CLLM_THREADS, else 1")
+
+
+def thread_count(threads: int | None) -> int:
+    """--threads, else $CLLM_THREADS, else $OMP_NUM_THREADS, else 1; a clear error for anything but
+    a positive count (checked before any work)."""
+    raw: object = threads if threads is not None else os.environ.get("CLLM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        n = 0
+    if n < 1 or n > 4096:
+        raise CllmError(f"thread count {str(raw)[:40]!r} is not a positive whole number",
+                        hint="give --threads N (or CLLM_THREADS=N) with N >= 1; one thread is the default")
+    return n
+
+
+def setup_threads(threads: int | None = None) -> int:
+    """Apply the thread count to every runner of this process; returns it.
+    One thread unless asked: on small shared machines torch's OpenMP spin-wait with 2 threads
+    was measured 12-25x slower than 1 (the runtime settings for 2: docs/tvm.md, Threads)."""
+    n = thread_count(threads)
+    os.environ["CLLM_THREADS"] = str(n)      # read by the TVM, llama.cpp and onnxruntime runners
     import torch
-    torch.set_num_threads(int(os.environ.get("CLLM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.set_num_threads(n)
+    return n
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .ui import console, out, progress, run_cli, setup_threads, step
+from .ui import THREADS_HELP, console, out, progress, run_cli, setup_threads, step
 
 EPILOG = """\
 examples:
-  cllm-validate out/smollm2-x86-avx512 --device local            # this machine
+  cllm-validate out/smollm2-x86-avx2 --device local --threads 2  # this machine, 2 threads
   cllm-validate orin/ --device orin                               # a registry name
-  cllm-validate out/smollm2-x86-avx512 --device rpc://127.0.0.1:9090 --repeats 20
+  cllm-validate out/smollm2-x86-avx2 --device rpc://127.0.0.1:9090 --repeats 20
   cllm-validate art/ --device ssh://me@laptop.local --out reports/laptop
 
 devices.toml (in ~/.config/cllm/):
@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, help="seconds per remote step (overrides the registry's timeout_s)")
     ap.add_argument("--out", type=Path, help="write report.json/report.html here instead of into the artifact")
     ap.add_argument("--json", help="also write the validation section here ('-' = stdout, for ssh transport)")
+    ap.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     return ap.parse_args(argv)
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    setup_threads()
+    setup_threads(args.threads)
     from dataclasses import replace
 
     from ..devices import resolve

@@ -54,7 +54,7 @@ def _runners(folder: Path, model: Model, tmp: Path, seqlen: int, want: tuple[str
                 info[name] = {"status": "not_run", "reason": f"lowering/loading failed: {e.format()}"}
     attempt("torch", None, lambda: (TorchRunner(build_torch_model(model)), {"exact": True, "runner": "torch fp32"}))
     attempt("tvm", None if tvm_backend.runs_here(folder) else
-            "no TVM package built for this host in the artifact (compile for x86-avx512 on this CPU)",
+            "no TVM package built for this host in the artifact (compile with --target host on this CPU)",
             lambda: (next(iter(tvm_backend.models(folder, seqlen).values())), {"exact": True, "runner": "TVM (fp32 prefill)"}))
 
     def gguf() -> tuple[Any, dict[str, Any]]:

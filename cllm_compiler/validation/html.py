@@ -61,8 +61,13 @@ def _summary(r: dict[str, Any]) -> str:
         rows += [["PPL (uncompressed -> this)", f"{ref['ppl']:.3f} -> {c['ppl']:.3f} ({c['windows']}x{c['seqlen']} tokens)"],
                  ["KLD mean / p99, top-1", f"{c['kld_mean']:.4f} / {c['kld_p99']:.3f}, {c['top1_agree']:.4f}"]]
     est = r["estimates"]
-    rows.append(["decode tok/s on target <span class='est'>estimated</span>",
-                 f"{est['decode_tokens_per_s_bandwidth_bound']:,.0f} <small>{_e(est['label'])}</small>"])
+    for key, where in (("decode_tokens_per_s_this_host", "this host"), ("decode_tokens_per_s", "target")):
+        if key in est:
+            rows.append([f"decode tok/s on {where} <span class='est'>estimated</span>",
+                         f"{est[key]['value']:,.0f} <small>{_e(est[key]['model'])}</small>"])
+    if "decode_tokens_per_s" not in est:
+        rows.append(["decode tok/s on target <span class='est'>estimated</span>",
+                     f"{est['decode_tokens_per_s_bandwidth_bound']:,.0f} <small>{_e(est['label'])}</small>"])
     return _table(["", "value"], rows)
 
 

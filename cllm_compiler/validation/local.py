@@ -33,6 +33,25 @@ class ValidateOptions:
     interpret_triton: bool = False
 
 
+def not_run_here(folder: Path, target: Target) -> str:
+    """Why the artifact's TVM package is not run on this machine (it would die there, or it is
+    for another machine altogether)."""
+    import json
+    import platform
+
+    from ..backends.tvm_backend import PACKAGE_DIR, host_missing_isa
+    try:
+        man = json.loads((folder / PACKAGE_DIR / "tvm.json").read_text())
+    except (OSError, ValueError):
+        return f"no readable TVM package in {folder / PACKAGE_DIR}"
+    lacks = host_missing_isa(man) if man.get("tvm_target", {}).get("kind") == "llvm" else []
+    if lacks and man.get("built_on") == platform.machine():
+        return (f"not run here: the package is built for {target.name}, whose code needs CPU flags this host "
+                f"lacks ({', '.join(lacks)}); running it would stop with an illegal instruction. Run it on "
+                "such a CPU (cllm-validate ART --device NAME), or compile with --target host")
+    return f"the TVM package is built for {target.name}, not this host: run it there (cllm-validate ART --device NAME)"
+
+
 def primary_runner(folder: Path, model: Model, target: Target, n_ctx: int) -> tuple[str, Any | None, str]:
     """(name, runner or None, why not) for the artifact's own backend on this machine."""
     from ..backends import gguf_backend, onnx_backend, tvm_backend
@@ -40,8 +59,7 @@ def primary_runner(folder: Path, model: Model, target: Target, n_ctx: int) -> tu
         if tvm_backend.runs_here(folder):
             from ..backends.tvm_run import TvmModel
             return "tvm", TvmModel(folder / tvm_backend.PACKAGE_DIR), ""
-        return "tvm", None, (f"the TVM package is built for {target.name}, not this host: "
-                             "run it there (cllm-validate ART --device NAME)")
+        return "tvm", None, not_run_here(folder, target)
     if target.backend == "gguf" and (folder / gguf_backend.GGUF_FILE).is_file() and gguf_backend.runnable():
         from ..backends.gguf_run import LlamaCppModel
         return "llama.cpp", LlamaCppModel(folder / gguf_backend.GGUF_FILE, n_ctx=n_ctx, logits_all=False, kv_type="f16"), ""
