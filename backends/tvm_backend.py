@@ -81,7 +81,7 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
     ex = compile_module(low, tvm_target(target), progress)
     with atomic_path(pkg / LIBRARY) as tmp:
         ex.export_library(str(tmp))
-    extra = {"decode_activations": f"int8 ({INT8_NAMES[int8]}) for <= 4-bit weights" if int8 else "f32"}
+    extra = {"decode_activations": f"int8 ({INT8_NAMES[int8]}) for integer weights in decode and generation's prefill" if int8 else "f32"}
     return finish_package(model, low, target, pkg, LIBRARY, extra, low.notes,
                           f"TVM Relax VM on this host ({platform.machine()}), target {tvm_target(target)}")
 

@@ -36,7 +36,7 @@ def check_model(model: Model) -> dict[str, Layout]:
 def lower(model: Model, max_len: int = DEFAULT_MAX_LEN, progress: Callable[[str], None] | None = None,
           decode_int8: str = "") -> Lowered:
     """The Relax module and its parameter arrays (weights stay in their compressed layout).
-    `decode_int8` (vnni | avx2): decode GEMVs of <= 4-bit weights use int8 activations with that
+    `decode_int8` (vnni | avx2): generation's matmuls of integer weights use int8 activations with that
     instruction set's integer dot products (tvm_int8); "" keeps them fp32."""
     from .tvm_model import LlamaTVM, inv_freq
     cfg = model.config  # ModelConfig admits only the Llama family, which LlamaTVM builds

@@ -47,12 +47,15 @@ def _scaled(lay: Layout, a: dict[str, te.Tensor], g: Any, n: Any, x: Any, count:
     return (x - (zero if count is None else zero * count)) * s
 
 
-def matmul(lay: Layout, m: int | None = None) -> tirx.PrimFunc:
+def matmul(lay: Layout, m: int | None = None, int8_rows: bool = False) -> tirx.PrimFunc:
     """C[m, N] = A[m, K] @ deq(W)[K, N]; m symbolic unless given. m = 1 (decode) takes the
-    grouped GEMV below, which keeps scales and zero points out of the per-weight work."""
-    if m == 1 and lay.int8:
-        from .tvm_int8 import gemv_int8
-        func = gemv_int8(lay)
+    grouped GEMV below, which keeps scales and zero points out of the per-weight work. An int8
+    layout runs the int8-activation kernel (tvm_int8) at m = 1, and for every m with `int8_rows`
+    (generation's prefill); otherwise its codes are decoded to fp32 (evaluation stays exact)."""
+    int8 = bool(lay.int8) and (m == 1 or int8_rows)
+    if int8:
+        from .tvm_int8 import gemm_int8
+        func = gemm_int8(lay, 1 if m == 1 else None)
     elif m == 1 and lay.kind != "dense":
         func = gemv_grouped(lay)
     else:
@@ -64,7 +67,7 @@ def matmul(lay: Layout, m: int | None = None) -> tirx.PrimFunc:
         c = te.compute((rows, lay.n), lambda i, j: te.sum(a[i, r] * w[r, j], axis=r), name="matmul")
         func = te.create_prim_func([a, *arrs, c])
     func = func.with_attr("cllm.kernel", f"matmul_{lay.tag}")
-    func = func.with_attr("cllm.int8", int(m == 1 and bool(lay.int8)))  # explicit vectors: no schedule applies
+    func = func.with_attr("cllm.int8", int(int8))  # explicit vectors: no schedule applies
     return func.with_attr("cllm.gemv", int(m == 1)).with_attr("cllm.n", lay.n).with_attr("cllm.k", lay.k).with_attr("cllm.tile", lay.tile)
 
 
@@ -93,7 +96,9 @@ def gemv_grouped(lay: Layout) -> tirx.PrimFunc:
 
 def _code_value(lay: Layout, w: dict[str, te.Tensor], k: Any, n: Any) -> Any:
     """The unscaled value of weight (k, n): its integer code, or its LUT entry."""
-    if lay.int8:  # see tvm_layout.pack_int8
+    if lay.int8 and lay.bits > 4:  # see tvm_layout.pack_int8
+        return w["q"][n // 16, k // 4, (n % 16) * 4 + k % 4].astype(F32)
+    if lay.int8:
         byte = w["q"][n // 16, k // 8, (n % 16) * 4 + k % 4]
         return ((byte >> ((k % 8) // 4 * 4).astype("uint8")) & tirx.const(15, "uint8")).astype(F32)
     per, pb = lay.per, lay.pack_bits

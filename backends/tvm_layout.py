@@ -51,6 +51,11 @@ class Layout:
         return 8 // self.pack_bits
 
     @property
+    def int8_rows(self) -> int:
+        """Rows of K per 64-byte row of an int8 layout: 8 for nibbles (<= 4 bits), 4 for bytes."""
+        return 8 if self.bits <= 4 else 4
+
+    @property
     def ngroups(self) -> int:
         return -(-self.k // self.group) if self.group else 0
 
@@ -68,7 +73,7 @@ class Layout:
         nt, t = self.n // self.tile, self.tile
         if self.kind == "dense":
             return [("w", (nt, self.k, t), "float32")]
-        out = [("q", (nt, self.k // 8, 64) if self.int8 else (nt, -(-self.k // self.per), t), "uint8")]
+        out = [("q", (nt, self.k // self.int8_rows, 64) if self.int8 else (nt, -(-self.k // self.per), t), "uint8")]
         if self.kind == "lut":
             out.append(("lut", (self.nlut, 1 << self.bits), "float16"))
         if self.group:
@@ -84,17 +89,20 @@ INT8_TAG = {"vnni": "v", "avx2": "a"}  # kernel-name suffixes
 
 
 def int8_eligible(rep: Representation, n: int, k: int) -> bool:
-    """The int8-activation decode kernel (tvm_int8) takes integer codes of <= 4 bits, in tiles of
-    16 columns, K in whole 8-groups and scale groups in whole 8-groups."""
-    return (isinstance(rep, Quantized) and rep.bits <= 4 and n % 16 == 0 and k % 8 == 0
-            and math.gcd(rep.group, k) % 8 == 0)
+    """The int8-activation kernel (tvm_int8) takes integer codes (1-8 bits), in tiles of 16
+    columns, K in whole 8-groups and scale groups in whole 8-groups."""
+    return (isinstance(rep, Quantized) and n % 16 == 0 and k % 8 == 0 and math.gcd(rep.group, k) % 8 == 0)
 
 
-def pack_int8(codes: np.ndarray) -> np.ndarray:
-    """codes [N, K] -> uint8 [N / 16, K / 8, 64]: byte (t, b, 4 * lane + r) holds the codes of rows
-    8b + r (low nibble) and 8b + 4 + r (high nibble) of column 16t + lane, so that one 32-bit lane
-    of a vector is 4 consecutive codes (vpdpbusd's operand) after a mask or a shift."""
+def pack_int8(codes: np.ndarray, bits: int = 4) -> np.ndarray:
+    """codes [N, K] -> uint8 [N / 16, K / R, 64], one 32-bit lane of a 64-byte row = 4 consecutive
+    codes of one column (vpdpbusd's operand). <= 4 bits (R = 8): byte (t, b, 4 * lane + r) holds the
+    codes of rows 8b + r (low nibble) and 8b + 4 + r (high nibble) of column 16t + lane, unpacked by
+    a mask or a shift; 5-8 bits (R = 4): byte (t, b, 4 * lane + r) is the code of row 4b + r."""
     n, k = codes.shape
+    if bits > 4:
+        c = codes.T.reshape(k // 4, 4, n // 16, 16).astype(np.uint8)
+        return np.ascontiguousarray(c.transpose(2, 0, 3, 1).reshape(n // 16, k // 4, 64))
     c = codes.T.reshape(k // 8, 2, 4, n // 16, 16).astype(np.uint8)
     return np.ascontiguousarray((c[:, 0] | (c[:, 1] << 4)).transpose(2, 0, 3, 1).reshape(n // 16, k // 8, 64))
 
@@ -141,7 +149,7 @@ def lower_weight(rep: Representation, shape: tuple[int, ...], name: str,
     if isinstance(rep, Quantized):
         zero = "float" if rep.mins is not None else "sym" if rep.zeros is None else "int"
         lay = Layout("quant", k, n, rep.bits, rep.group, zero, tile=tile, int8=int8)
-        out = {"q": pack_int8(rep.codes) if int8 else pack_codes(rep.codes, lay), "s": _f16t(rep.scales, tile)}
+        out = {"q": pack_int8(rep.codes, rep.bits) if int8 else pack_codes(rep.codes, lay), "s": _f16t(rep.scales, tile)}
         if zero == "int":
             out["z"] = _f16t(rep.zeros, tile)  # type: ignore[union-attr]
         elif zero == "float":

@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEALED = ROOT.parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
 PIPE = "calibrate,gptq{bits=4,group=128},quant{bits=8,group=128,match=embed},entropy{codec=zstd}"
 PEERS = ["Q4_0", "Q4_K_M"]
+LUT = "codebook{bits=4,scope=row},quant{bits=8,group=128,match=embed},entropy{codec=zstd}"
 
 
 def isas() -> list[str]:
@@ -102,12 +104,9 @@ def open_model(f: dict, n_ctx: int, threads: int, scoring: bool = False):
 
 
 def quality(args: argparse.Namespace, facts: dict[str, dict]) -> None:
-    import torch
-
     from cllm_compiler.backends.torch_ref import build_torch_model
     from cllm_compiler.evaluate import evaluate, tokenize, wikitext_text
     from cllm_compiler.loading import load_model
-    from cllm_compiler.validate import compare_logits
     model = load_model(args.model)
     ids = tokenize(model.tokenizer, wikitext_text())
     ref = build_torch_model(model)
@@ -118,20 +117,54 @@ def quality(args: argparse.Namespace, facts: dict[str, dict]) -> None:
         facts[k].update({m: getattr(res[k], m) for m in ("ppl", "kld_mean", "top1_agree")})
         runners[k].close()
     facts["_reference"] = {"ppl": res["reference"].ppl, "tokens": args.windows * args.seqlen}
-    n = args.decode_tokens  # the decode path (int8 activations where on), token by token, vs torch fp32
+    facts["_correctness"] = correctness(args, ids)
+
+
+def correctness(args: argparse.Namespace, ids: Any) -> dict[str, dict]:
+    """Each ISA's package vs the torch reference of the *same IR* on --decode-tokens WikiText-2
+    tokens, for the int4 g128 file and a codebook file: evaluation (fp32 prefill_all) and the
+    generation path (int8 prefill of the first token, then int8 decode token by token)."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    from cllm_compiler.backends.torch_ref import build_torch_model
+    from cllm_compiler.backends.tvm_backend import lower_artifact
+    from cllm_compiler.backends.tvm_run import TvmModel
+    from cllm_compiler.container import read_container
+    from cllm_compiler.targets import get_target
+    from cllm_compiler.validate import compare_logits
+    gptq = args.work / "cllm-gptq-int4-g128"
+    lut = args.work / "cllm-lut4-row"
+    if not (lut / "model.cllm").exists():
+        subprocess.run([sys.executable, "-m", "cllm_compiler.cli.compile", str(args.model), "-t", "x86-avx2", "-p",
+                        f"calibrate{{cache={gptq}}},{LUT}", "-o", str(lut), "--eval-windows", "0", "--no-lower",
+                        "--force"], check=True)
+    n, out = args.decode_tokens, {}
     seq = ids[:n]
-    with torch.inference_mode():
-        want = ref(seq[None]).logits[0]
-    for k in names:
-        if facts[k]["kind"] != "tvm":
-            continue
-        tm = open_model(facts[k], n + 8, 1)
-        steps = [torch.from_numpy(tm.logits(seq[:1].tolist()))[0]]
-        steps += [torch.from_numpy(tm._run("decode", [int(seq[p])], p)[0]) for p in range(1, n)]
-        q = compare_logits(want, torch.stack(steps), seq)
-        facts[k]["decode_path"] = {"tokens": n, "kld_mean": q["kld_mean"], "top1_agree": q["top1_agree"],
-                                   "ppl": q["ppl_device"], "ppl_reference": q["ppl_torch"]}
-        tm.close()
+    for name, art in (("int4-g128", gptq), ("lut4-row", lut)):
+        ir = read_container(art / "model.cllm")
+        with torch.inference_mode():
+            want = build_torch_model(ir)(seq[None]).logits[0]
+        for isa in isas():
+            folder = args.work / f"check-{name}-{isa}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            lower_artifact(ir, folder, get_target(isa))
+            tm = TvmModel(folder / "tvm", threads=1)
+            full = compare_logits(want, torch.from_numpy(tm.logits(seq.tolist())), seq)
+            steps = [torch.from_numpy(tm._run("prefill", [int(seq[0])], 0)[0])]
+            steps += [torch.from_numpy(tm._run("decode", [int(seq[p])], p)[0]) for p in range(1, n)]
+            gen = compare_logits(want, torch.stack(steps), seq)
+            out[f"{name} {isa}"] = {
+                "tokens": n, "eval_top1": full["top1_agree"], "eval_kld": full["kld_mean"],
+                "eval_ppl_ratio": full["ppl_device"] / full["ppl_torch"], "gen_top1": gen["top1_agree"],
+                "gen_kld": gen["kld_mean"], "gen_ppl_ratio": gen["ppl_device"] / gen["ppl_torch"],
+                "decode_activations": tm.manifest.get("decode_activations")}
+            tm.close()
+            print(name, isa, out[f"{name} {isa}"], flush=True)
+    return out
 
 
 def speed(args: argparse.Namespace, facts: dict[str, dict], threads: int) -> dict[str, dict]:
@@ -145,7 +178,7 @@ def speed(args: argparse.Namespace, facts: dict[str, dict], threads: int) -> dic
         for name in (names if r % 2 == 0 else names[::-1]):
             lm = open_model(facts[name], 1024, threads)
             lm.speed(ids[:16], 4)  # warm-up: weights into the page cache, thread pools started
-            pre[name].append(lm.speed(ids[:512], 1)["prefill_tok_s"])
+            pre[name].append(lm.speed(ids[:512], 0)["prefill_tok_s"])
             dec[name].append(lm.speed(ids[:128], args.new_tokens)["decode_tok_s"])
             lm.close()
         print(f"threads {threads} round {r + 1}/{args.rounds}", flush=True)
@@ -171,12 +204,15 @@ def report(facts: dict[str, dict], runs: dict[str, dict], args: argparse.Namespa
     for k, f in facts.items():
         if not k.startswith("_"):
             lines.append(f"| {k} | {f['bpw']:.3f} | {f['ppl']:.3f} | {f['kld_mean']:.4f} | {f['top1_agree']:.4f} |")
-    for k, f in facts.items():
-        if "decode_path" in f:
-            d = f["decode_path"]
-            lines.append(f"\n{k} decode path ({f['decode_activations']}), token by token on {d['tokens']} tokens vs "
-                         f"torch fp32: KLD {d['kld_mean']:.4f}, top-1 {d['top1_agree']:.4f}, PPL {d['ppl']:.3f} "
-                         f"(reference {d['ppl_reference']:.3f})")
+    cor = facts.get("_correctness", {})
+    if cor:
+        lines += ["", f"TVM vs the torch reference of the same IR, {next(iter(cor.values()))['tokens']} WikiText-2 "
+                  "tokens: evaluation path (fp32) and generation path (int8 prefill + int8 decode, token by token)", "",
+                  "| file, ISA | eval top-1 | eval KLD | eval PPL ratio | gen top-1 | gen KLD | gen PPL ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, c in cor.items():
+            lines.append(f"| {k} | {c['eval_top1']:.4f} | {c['eval_kld']:.2e} | {c['eval_ppl_ratio']:.5f} | "
+                         f"{c['gen_top1']:.4f} | {c['gen_kld']:.4f} | {c['gen_ppl_ratio']:.4f} |")
     for t, rows in runs.items():
         lines += ["", f"**{t} thread(s)**", "",
                   "| file | decode tok/s | vs Q4_0 | vs Q4_K_M | vs cllm-gguf | prefill tok/s | vs Q4_0 | vs Q4_K_M | vs cllm-gguf |",
@@ -219,10 +255,12 @@ def main() -> None:
     if old:
         for k, f in facts.items():
             if k in old["files"] and not k.startswith("_"):
-                f.update({m: old["files"][k][m] for m in ("ppl", "kld_mean", "top1_agree", "decode_path") if m in old["files"][k]})
+                f.update({m: old["files"][k][m] for m in ("ppl", "kld_mean", "top1_agree") if m in old["files"][k]})
         facts["_reference"] = old["files"]["_reference"]
+        facts["_correctness"] = old["files"].get("_correctness", {})
     else:
         quality(args, facts)
+        (res / "cpu_bench.json").write_text(json.dumps({"machine": machine(), "files": facts, "speed": {}}, indent=1))
     runs = {str(t): speed(args, facts, t) for t in threads}
     mach = machine()
     (res / "cpu_bench.json").write_text(json.dumps({"machine": mach, "files": facts, "speed": runs}, indent=1))

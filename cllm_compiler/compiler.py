@@ -205,9 +205,10 @@ def speed_estimates(model: Model, target: Target, threads: int) -> dict[str, Any
     from .errors import TargetError
     from .targets.host import host_flags, missing_flags
     from .targets.speed import decode_estimate, matmul_split
-    nbytes, i8, other = matmul_split(model)
-    int8 = target.backend == "tvm" and target.extra.get("decode_activations") == "int8"
-    args = (target, nbytes, i8, other, model.config.num_layers)
+    nbytes, counts = matmul_split(model)
+    from .backends.tvm_backend import decode_int8
+    int8 = target.backend == "tvm" and bool(decode_int8(target))  # as the package is built
+    args = (target, nbytes, counts, model.config.num_layers)
     out = {"decode_tokens_per_s": decode_estimate(*args, int8=int8)}
     try:
         runs_here = "host_rank" in target.extra and not missing_flags(target, host_flags())

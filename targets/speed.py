@@ -38,35 +38,36 @@ def host_ghz(path: Path = Path("/proc/cpuinfo")) -> float | None:
     return None
 
 
-def matmul_split(model: Any, int8_bits: int = 4) -> tuple[int, int, int]:
-    """(weight bytes read per token, params of int8-eligible weights, params of other weights):
-    the linear layers plus the head (the embedding when tied), as the decode GEMVs read them."""
+def matmul_split(model: Any) -> tuple[int, dict[str, int]]:
+    """(weight bytes read per token, params per kernel kind): the linear layers plus the head (the
+    embedding when tied), as the decode GEMVs read them. Kinds: `int` (integer codes: the int8-
+    activation kernels where the target has them), `lut` (codebooks: a table lookup per weight),
+    `f32` (the rest)."""
     from ..ir import LINEAR_ROLES
     from ..reprs import Encoded, Quantized
+    from ..reprs_codebook import Codebook
     head = "embed" if model.config.tie_word_embeddings else "lm_head"
-    nbytes = int8 = other = 0
+    nbytes, counts = 0, {"int": 0, "lut": 0, "f32": 0}
     for n in model:
         if n.role not in LINEAR_ROLES and n.role != head:
             continue
         rep = n.rep.inner() if isinstance(n.rep, Encoded) else n.rep
         nbytes += getattr(rep, "nominal_bits", rep.storage_bits)() // 8
-        count = int(n.shape[0]) * int(n.shape[1])
-        if isinstance(rep, Quantized) and rep.bits <= int8_bits:
-            int8 += count
-        else:
-            other += count
-    return nbytes, int8, other
+        kind = "int" if isinstance(rep, Quantized) else "lut" if isinstance(rep, Codebook) else "f32"
+        counts[kind] += int(n.shape[0]) * int(n.shape[1])
+    return nbytes, counts
 
 
-def decode_estimate(target: Target, weight_bytes: int, int8_params: int, other_params: int, layers: int,
+def decode_estimate(target: Target, weight_bytes: int, counts: dict[str, int], layers: int,
                     threads: int = 1, int8: bool = False, on_host: bool = False) -> dict[str, Any]:
     """Estimated batch-1 decode tokens/s, as a measure.estimated record naming its model.
+    `counts`: params per kernel kind (matmul_split); `int8`: integer codes run the int8 kernels;
     `on_host`: for this machine (its clock, `threads` cores) rather than the target's full device."""
     from ..measure import estimated
     sm = target.extra.get("speed_model")
     if not sm:
         t_mem = weight_bytes / (target.bandwidth_gbs * 1e9)
-        t_cmp = 2.0 * (int8_params + other_params) / (target.compute_tflops * 1e12)
+        t_cmp = 2.0 * sum(counts.values()) / (target.compute_tflops * 1e12)
         return estimated(1.0 / max(t_mem, t_cmp, 1e-12), "tokens/s",
                          f"roofline of {target.name}: max(weight bytes / {target.bandwidth_gbs:g} GB/s, "
                          f"2 FLOPs x params / {target.compute_tflops:g} TFLOPS)",
@@ -74,16 +75,18 @@ def decode_estimate(target: Target, weight_bytes: int, int8_params: int, other_p
     cores = max(1, min(threads, os.cpu_count() or 1) if on_host else int(sm["cores"]))
     ghz = (host_ghz() or float(sm["ghz"])) if on_host else float(sm["ghz"])
     wpc = sm["weights_per_cycle"]
-    rate_i8 = cores * ghz * 1e9 * float(wpc["int8" if int8 else "f32"])
-    rate_f32 = cores * ghz * 1e9 * float(wpc["f32"])
+    per_s = cores * ghz * 1e9
+    rates = {"int": per_s * float(wpc["int8" if int8 else "f32"]), "lut": per_s * float(wpc["lut"]),
+             "f32": per_s * float(wpc["f32"])}
     overhead = (float(sm.get("token_overhead_us", 0.0)) + layers * float(sm.get("layer_overhead_us", 0.0))) * 1e-6
     bw = min(target.bandwidth_gbs, cores * float(sm["core_bandwidth_gbs"])) * 1e9
     t_mem = weight_bytes / bw
-    t_cmp = int8_params / rate_i8 + other_params / rate_f32 + overhead  # the VM calls stay serial
+    t_cmp = sum(n / rates[k] for k, n in counts.items()) + overhead  # the VM calls stay serial
     where = f"this host, {cores} thread{'s' if cores > 1 else ''} at {ghz:.2f} GHz" if on_host \
         else f"{target.name}, {cores} cores at {ghz:g} GHz"
     return estimated(1.0 / max(t_mem, t_cmp), "tokens/s",
                      f"roofline for {where}: max(weight bytes / {bw / 1e9:.0f} GB/s, params / kernel throughput "
-                     f"({wpc['int8' if int8 else 'f32']:g} weights/cycle/core{' int8' if int8 else ''}, "
-                     f"{wpc['f32']:g} fp32) + runtime overhead)",
+                     f"({wpc['int8' if int8 else 'f32']:g} weights/cycle/core for integer codes"
+                     f"{' (int8 activations)' if int8 else ''}, {wpc['lut']:g} for codebooks, {wpc['f32']:g} fp32) "
+                     f"+ runtime overhead)",
                      bound="memory" if t_mem >= t_cmp else "compute", threads=cores)

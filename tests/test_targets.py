@@ -89,6 +89,27 @@ def test_x86_targets_int8_dot_and_isa_agree():
         assert ("avx512f" in t.extra["isa"]) == (t.extra["tvm_target"]["mcpu"] == "x86-64-v4")
 
 
+def test_speed_model_accounts_for_compute_and_bandwidth():
+    from cllm_compiler.targets.speed import decode_estimate
+    t = get_target("x86-avx2")
+    sm = t.extra["speed_model"]
+    # 135M params, 4-bit: compute-bound on the whole device and on one thread
+    counts = {"int": 134_000_000, "lut": 0, "f32": 0}
+    one = decode_estimate(t, 70_000_000, counts, 30, threads=1, int8=True, on_host=True)
+    dev = decode_estimate(t, 70_000_000, counts, 30, int8=True)
+    assert one["status"] == dev["status"] == "estimated" and one["unit"] == "tokens/s"
+    assert one["threads"] == 1 and dev["threads"] == sm["cores"] and dev["value"] > one["value"]
+    f32 = decode_estimate(t, 70_000_000, counts, 30, threads=1, int8=False, on_host=True)
+    assert f32["value"] < one["value"]  # the fp32 kernels are slower per weight
+    lut = decode_estimate(t, 70_000_000, {"int": 0, "lut": 134_000_000, "f32": 0}, 30, threads=1, on_host=True)
+    assert lut["value"] < f32["value"]  # and table lookups slower still
+    # bytes dominate when the weights are many and cheap to decode
+    mem = decode_estimate(t, 10**10, {"int": 1000, "lut": 0, "f32": 1000}, 1)
+    assert mem["bound"] == "memory" and mem["value"] == pytest.approx(t.bandwidth_gbs * 1e9 / 10**10)
+    gpu = decode_estimate(get_target("h100"), 10**6, {"int": 10**12, "lut": 0, "f32": 0}, 1)  # no speed_model
+    assert gpu["bound"] == "compute" and gpu["value"] == pytest.approx(989e12 / 2e12)
+
+
 def test_roofline_estimate_scales_with_bytes():
     t = get_target("h100")
     assert t.decode_tokens_per_s_estimate(10**9) == pytest.approx(3350.0)
