@@ -75,21 +75,25 @@ def gemm_int8(lay: Layout, rows: int | None = None) -> tirx.PrimFunc:
     return gemm
 
 
-def _quantize_activations():  # the shared prologue, as a TVMScript macro
+def _quantize_activations():  # the shared prologue, as a TVMScript macro: 8 lanes at a time
     @T.macro
     def quantize(A, aq, sa, asum, m, J: int, B: int):
         for j in range(J):
-            mx = T.alloc_buffer((1,), "float32", scope="local")
-            mx[0] = T.float32(1e-30)
-            for k in range(B):
-                mx[0] = T.max(mx[0], T.fabs(A[m, j * B + k]))
+            mx = T.alloc_buffer((8,), "float32", scope="local")
+            mx[T.ramp(0, 1, 8)] = T.broadcast(T.float32(1e-30), 8)
+            for k8 in range(B // 8):
+                mx[T.ramp(0, 1, 8)] = T.max(mx[T.ramp(0, 1, 8)], T.fabs(A[m, T.ramp(j * B + k8 * 8, 1, 8)]))
+            for r in range(1, 8):
+                mx[0] = T.max(mx[0], mx[r])
             sa[m, j] = mx[0] / T.float32(127.0)
-            tot = T.alloc_buffer((1,), "int32", scope="local")
-            tot[0] = 0
-            for k in range(B):
-                v = T.Cast("int32", T.round(A[m, j * B + k] / sa[m, j]))
-                aq[m, j * B + k] = T.Cast("int8", v)
-                tot[0] = tot[0] + v
+            tot = T.alloc_buffer((8,), "int32", scope="local")
+            tot[T.ramp(0, 1, 8)] = T.broadcast(0, 8)
+            for k8 in range(B // 8):
+                v = T.Cast("int32x8", T.round(A[m, T.ramp(j * B + k8 * 8, 1, 8)] / T.broadcast(sa[m, j], 8)))
+                aq[m, T.ramp(j * B + k8 * 8, 1, 8)] = T.Cast("int8x8", v)
+                tot[T.ramp(0, 1, 8)] = tot[T.ramp(0, 1, 8)] + v
+            for r in range(1, 8):
+                tot[0] = tot[0] + tot[r]
             asum[m, j] = T.Cast("float32", tot[0]) * sa[m, j]
     return quantize
 
@@ -224,7 +228,7 @@ def _body_macro(K: int, G: int, B: int, J: int, NT: int, KB8: int, zero: str, ha
         aq = T.alloc_buffer((M, K), "int8")
         sa = T.alloc_buffer((M, J), "float32")
         asum = T.alloc_buffer((M, J), "float32")
-        for m in range(M):
+        for m in T.parallel(M):
             quantize(A, aq, sa, asum, m, J, B)
         for ch in T.parallel(CH):
             for t in range(PER):

@@ -2,7 +2,9 @@
 
 `TvmModel` is callable like a Hugging Face model (x [1, T] -> .logits) so the shared evaluator
 scores it on the same windows as torch and llama.cpp; it also generates and times itself.
-Prefill runs in chunks of `chunk` tokens (the attention scores of a chunk are chunk x context).
+Prefill runs in chunks of `chunk` tokens: the attention scores of a chunk are chunk x context, and
+128-token chunks prefilled a 512-token prompt 1.2x faster than one 512-token chunk (less of the
+masked square computed and thrown away; the matmuls stay efficient at 128 rows).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def set_threads(n: int) -> None:
 class TvmModel:
     """A compiled package on a device: `session` is None for this host, else a TVM RPC session."""
 
-    def __init__(self, folder: Path, session: Any = None, chunk: int = 512, threads: int | None = None,
+    def __init__(self, folder: Path, session: Any = None, chunk: int = 128, threads: int | None = None,
                  gpu: bool = False) -> None:
         import tvm
         from tvm import relax

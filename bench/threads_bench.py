@@ -37,10 +37,10 @@ CONFIGS = {  # name: (runner, threads, env)
 }
 CHILD = """
 import sys, json, time
-kind, threads, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+kind, threads, path, ir_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 from cllm_compiler.container import read_container
 from cllm_compiler.evaluate import tokenize, wikitext_text
-ir = read_container(path + "/../cllm-gptq-int4-g128/model.cllm")
+ir = read_container(ir_path)
 ids = tokenize(ir.tokenizer, wikitext_text())[:128].tolist()
 if kind == "tvm":
     from cllm_compiler.backends.tvm_run import TvmModel
@@ -63,7 +63,8 @@ def run(name: str, host_isa: str) -> float:
     kind, threads, env = CONFIGS[name]
     path = {"tvm": WORK / f"cllm-{host_isa}", "gguf": WORK / "llama-Q4_0.gguf", "torch": WORK / f"cllm-{host_isa}"}[kind]
     full = {**os.environ, "OMP_NUM_THREADS": str(threads), "CLLM_THREADS": str(threads), **env}
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(threads), str(path)], capture_output=True, text=True,
+    ir = WORK / "cllm-gptq-int4-g128" / "model.cllm"
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(threads), str(path), str(ir)], capture_output=True, text=True,
                          env=full, timeout=600, check=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["decode_tok_s"])
 

@@ -163,6 +163,10 @@ def print_validation(report: dict[str, Any]) -> None:
                   f"{p['p50']:.2f} / {p['p95']:.2f} ({p['cv']:.1%})")
         t.add_row(f"{name} decode ms/token p50 / p95 (CV), n={d['repeats']}",
                   f"{d['p50']:.2f} / {d['p95']:.2f} ({d['cv']:.1%})")
+        if "prefill_tok_s" in lat:
+            threads = v.get("machine", {}).get("threads", "?")
+            t.add_row(f"{name} prefill / decode tok/s (measured, p50, {threads} thread(s))",
+                      f"{lat['prefill_tok_s']:,.0f} / {lat['decode_tok_s']:,.1f}")
     for name, r in (v.get("latency_ratio_vs_peer") or {}).items():
         t.add_row(f"{name} speed vs llama.cpp (same IR, same run)", f"decode {r['decode']:.2f}x, prefill {r['prefill']:.2f}x")
     eq = v.get("equivalence")
