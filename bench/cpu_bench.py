@@ -47,13 +47,11 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
     import shutil
     import subprocess
 
-    from gguf_bench import llama_quantize
+    from tvm_bench import llama_peers
     from cllm_compiler.backends.gguf_writer import write_gguf
     from cllm_compiler.backends.tvm_backend import lower_artifact
     from cllm_compiler.container import read_container
     from cllm_compiler.loading import load_model
-    from cllm_compiler.passmanager import PassManager
-    from cllm_compiler.pipeline import parse_pipeline
     from cllm_compiler.targets import get_target
     work, facts = args.work, {}
     n_params = load_model(args.model).num_params
@@ -77,17 +75,7 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
         facts["_own_gguf_types"] = w.tensor_types
     facts["cllm-gguf"] = {"path": str(own), "kind": "gguf", "bytes": own.stat().st_size,
                           "bpw": own.stat().st_size * 8 / n_params}
-    f16 = work / "reference-f16.gguf"
-    if not f16.exists():
-        m = load_model(args.model)
-        PassManager(parse_pipeline("cast{dtype=f16,match=linear|embed|lm_head}")).run(m)
-        write_gguf(m, f16)
-    for kind in PEERS:
-        dst = work / f"llama-{kind}.gguf"
-        if not dst.exists():
-            llama_quantize(f16, dst, kind, None)
-        facts[f"llama.cpp-{kind}"] = {"path": str(dst), "kind": "gguf", "bytes": dst.stat().st_size,
-                                      "bpw": dst.stat().st_size * 8 / n_params}
+    facts.update(llama_peers(args.model, work, PEERS, n_params))
     return facts
 
 

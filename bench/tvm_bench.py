@@ -39,11 +39,7 @@ PEERS = ["Q4_0", "Q4_K_M"]
 
 
 def prepare(args: argparse.Namespace) -> dict[str, dict]:
-    from gguf_bench import llama_quantize
-    from cllm_compiler.backends.gguf_writer import write_gguf
     from cllm_compiler.loading import load_model
-    from cllm_compiler.passmanager import PassManager
-    from cllm_compiler.pipeline import parse_pipeline
     work, facts = args.work, {}
     n_params = load_model(args.model).num_params
     for name, pipe in CLLM.items():
@@ -56,12 +52,23 @@ def prepare(args: argparse.Namespace) -> dict[str, dict]:
         size = (art / "model.cllm").stat().st_size
         facts[name] = {"path": str(art / "tvm"), "kind": "tvm", "bytes": size, "bpw": size * 8 / n_params,
                        "weights_bytes": (art / "tvm" / "weights.safetensors").stat().st_size}
-    f16 = work / "reference-f16.gguf"
+    facts.update(llama_peers(args.model, work, PEERS, n_params))
+    return facts
+
+
+def llama_peers(model: Path, work: Path, kinds: list[str], n_params: int) -> dict[str, dict]:
+    """llama.cpp's own files of `model` (llama-quantize of an F16 GGUF), made once in `work`."""
+    from gguf_bench import llama_quantize
+    from cllm_compiler.backends.gguf_writer import write_gguf
+    from cllm_compiler.loading import load_model
+    from cllm_compiler.passmanager import PassManager
+    from cllm_compiler.pipeline import parse_pipeline
+    f16, facts = work / "reference-f16.gguf", {}
     if not f16.exists():
-        m = load_model(args.model)
+        m = load_model(model)
         PassManager(parse_pipeline("cast{dtype=f16,match=linear|embed|lm_head}")).run(m)
         write_gguf(m, f16)
-    for kind in PEERS:
+    for kind in kinds:
         dst = work / f"llama-{kind}.gguf"
         if not dst.exists():
             llama_quantize(f16, dst, kind, None)
