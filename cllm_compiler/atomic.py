@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -87,6 +88,41 @@ def _unlink(p: str) -> None:
         os.unlink(p)
 
 
+MARKER = ".cllm-output"  # in every folder atomic_dir writes: what --force may replace
+LEGACY = {"manifest.json": ("cllm-artifact", "cllm-multi-target")}  # folders written before the marker
+
+
+def written_by_cllm(path: Path) -> bool:
+    """Whether `path` is an output folder cllm wrote (its marker, or an older artifact's manifest)."""
+    if (path / MARKER).is_file():
+        return True
+    for name, formats in LEGACY.items():
+        try:
+            with open(path / name, "rb") as f:
+                doc = json.loads(f.read(1 << 20))
+            if isinstance(doc, dict) and doc.get("format") in formats:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def check_replaceable(path: Path, force: bool) -> None:
+    """OutputError unless `path` may be written: absent, an empty folder, or (with --force) a folder
+    cllm wrote. Never a link, a file, or a folder of someone else's files: --force replaces only
+    cllm's own output."""
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link", hint="give -o a real folder: cllm does not replace links")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not force:
+        raise OutputError(f"{path} already exists", hint="use --force to replace it, or -o to pick another folder")
+    if not path.is_dir() or not written_by_cllm(path):
+        what = "a file" if not path.is_dir() else "a folder cllm did not write"
+        raise OutputError(f"{path} is {what}; --force replaces only cllm's own output folders",
+                          hint="choose another -o folder, or move that one away yourself")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; it is renamed to `path` only on success.
@@ -94,8 +130,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
     A failed compile leaves nothing at `path`, so no half-written artifact can look complete.
     """
     path = Path(path)
-    if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
-        raise OutputError(f"{path} already exists", hint="use --force to replace it, or -o to pick another folder")
+    check_replaceable(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
@@ -103,10 +138,10 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         raise os_error(e, path) from e
     try:
         yield tmp
+        (tmp / MARKER).write_bytes(b"written by cllm: cllm --force may replace this folder\n")
         old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # moved into a fresh folder of our own, never onto a name someone else may use
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_bytes
+from .atomic import check_replaceable, write_bytes, written_by_cllm
 from .calibration import FILE as CALIB_FILE
 from .errors import OutputError
 from .loading import file_sha256
@@ -25,6 +25,11 @@ def check_outputs(root: Path, targets: list[Target], force: bool) -> dict[str, P
         raise OutputError(f"{taken[0]} already exists", hint="give --force to replace, or another -o folder")
     if (root / MANIFEST).exists() and not force:
         raise OutputError(f"{root / MANIFEST} already exists", hint="give --force to replace, or another -o folder")
+    if (root / MANIFEST).exists() and not written_by_cllm(root):
+        raise OutputError(f"{root / MANIFEST} is not a cllm multi-target manifest; --force replaces only cllm's "
+                          "own output", hint="choose another -o folder")
+    for p in folders.values():
+        check_replaceable(p, force)  # every refusal before any work
     return folders
 
 

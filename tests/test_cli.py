@@ -1,5 +1,6 @@
 """End-to-end CLI runs on a tiny model, and every listed bad input."""
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -138,3 +139,65 @@ def test_help_teaches(capsys):
     assert "jetson-orin-nano-8gb" in capsys.readouterr().out
     assert compile_main(["--list-passes"]) == 0
     assert "entropy" in capsys.readouterr().out
+
+
+def test_force_replaces_only_cllm_output(tiny_dir, tmp_path, capsys):
+    """Issue 22: --force never deletes what cllm did not write (a user's folder, the source model, a
+    link), and never a user's folder that happens to be named like cllm's temporary one."""
+    import shutil
+    args = ["--no-lower", "--eval-windows", "0", "-p", "quant{bits=8},entropy", "--force"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("my notes")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    for out, why in ((mine, "cllm did not write"), (model, "cllm did not write"), (link, "symbolic link")):
+        before = sorted((p.name, p.stat().st_size) for p in Path(out).iterdir())
+        assert compile_main([str(tiny_dir), "-o", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
+        assert sorted((p.name, p.stat().st_size) for p in Path(out).iterdir()) == before
+    assert link.is_symlink() and (mine / "keep.txt").read_text() == "my notes"
+    # cllm's own output is replaced, and a user's ".art.old" folder beside it survives
+    art = tmp_path / "art"
+    assert compile_main([str(tiny_dir), "-o", str(art), *args]) == 0
+    decoy = tmp_path / ".art.old"
+    decoy.mkdir()
+    (decoy / "precious.txt").write_text("x")
+    assert compile_main([str(tiny_dir), "-o", str(art), *args]) == 0
+    assert (decoy / "precious.txt").read_text() == "x" and (art / "model.cllm").is_file()
+    # an artifact written before the marker existed is still recognised by its manifest
+    (art / ".cllm-output").unlink()
+    assert compile_main([str(tiny_dir), "-o", str(art), *args]) == 0
+    capsys.readouterr()
+
+
+def test_chat_template_is_sandboxed(tmp_path):
+    """Issue 22: a model's chat template is rendered in jinja2's sandbox: one that reaches Python
+    internals is refused with a clear error and runs nothing."""
+    from cllm_compiler.cli.run import render_chat
+    from cllm_compiler.errors import EvalError
+    good = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+    assert render_chat(good, "hi") == "<|user|>hi\n<|assistant|>"
+    flag = tmp_path / "PWNED"
+    for bad in (f"{{{{ cycler.__init__.__globals__.os.system('touch {flag}') }}}}",
+                f"{{{{ ''.__class__.__mro__[1].__subclasses__() }}}}", "{% for x in messages %"):
+        with pytest.raises(EvalError, match="chat template") as e:
+            render_chat(bad, "hi")
+        assert "--prompt" in e.value.hint
+    assert not flag.exists()
+
+
+def test_error_printer_escapes_markup_and_control_chars(capsys):
+    """Issue 22: paths or names with rich markup or terminal escapes print as text, on one line."""
+    from cllm_compiler.cli.ui import run_cli
+    from cllm_compiler.errors import CllmError
+
+    def fail() -> int:
+        raise CllmError("cannot read /tmp/[/x]y[bold] \x1b[31mred\x1b[0m", hint="see [/] \x07")
+    assert run_cli(fail) == 2
+    err = capsys.readouterr().err
+    assert "/tmp/[/x]y[bold]" in err and "\x1b" not in err and "\\x1b[31mred" in err and "\x07" not in err
+    assert err.count("\n") == 2

@@ -25,6 +25,22 @@ examples:
 """
 
 
+def render_chat(template: str, message: str) -> str:
+    """The model's chat template around one user message, rendered in jinja2's immutable sandbox
+    (as transformers does): a template is data from the model file, never code to run."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from ..errors import EvalError
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        return env.from_string(template).render(messages=[{"role": "user", "content": message}],
+                                                add_generation_prompt=True)
+    except (TemplateError, RecursionError, MemoryError) as e:
+        raise EvalError(f"the model's chat template cannot be rendered safely: {type(e).__name__}: {str(e)[:200]}",
+                        hint="use --prompt with your own text; the template may try to reach Python internals") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: _main(argv))
 
@@ -90,9 +106,7 @@ def _generate(artifact: Path, prompt: str | None, chat: str | None, n: int, tvm:
     if chat is not None:
         if not model.tokenizer.chat_template:
             raise EvalError("the model has no chat template", hint="use --prompt")
-        from jinja2 import Template
-        prompt = Template(model.tokenizer.chat_template).render(
-            messages=[{"role": "user", "content": chat}], add_generation_prompt=True)
+        prompt = render_chat(model.tokenizer.chat_template, chat)
     ids = torch.tensor([tok.encode(prompt or "", add_special_tokens=model.tokenizer.add_bos).ids])
     if tvm:
         from ..backends.tvm_run import TvmModel

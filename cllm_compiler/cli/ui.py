@@ -51,20 +51,28 @@ def run_cli(main: Callable[[], int]) -> int:
         return main()
     except CllmError as e:
         # One line each, whatever a library put in the message.
-        console.print(f"[bold red]error:[/] {' '.join(e.format().split())}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {plain(' '.join(e.format().split()))}", highlight=False, soft_wrap=True)
         if e.hint:
             hint = "; ".join(line.strip() for line in e.hint.splitlines() if line.strip())
-            console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]hint:[/] {plain(hint)}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
         return 130
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            console.print(f"[bold red]error:[/] no space left on device ({e})")
+            console.print(f"[bold red]error:[/] no space left on device ({plain(str(e))})")
             return 2
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {plain(str(e))}")
         return 2
+
+
+def plain(text: str) -> str:
+    """Untrusted text (paths, names, messages from model files) made safe to print: rich markup
+    escaped (a path with "[/x]" made the error printer itself crash) and control characters shown
+    as escapes (an ESC from a file must not reach the terminal)."""
+    from rich.markup import escape
+    return escape("".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text))
 
 
 @contextmanager
