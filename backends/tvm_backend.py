@@ -89,8 +89,11 @@ def lower_artifact(model: Model, folder: Path, target: Any, max_len: int = DEFAU
 def finish_package(model: Model, low: Any, target: Any, pkg: Path, library: str, extra: dict[str, Any],
                    notes: list[str], runtime: str) -> dict[str, Any]:
     """Write the weights and tvm.json beside the library; return the lowering facts for the report."""
+    from ..loading import file_sha256
     write_weights(pkg / WEIGHTS, low.params)
-    write_bytes(pkg / "tvm.json", json.dumps(package_manifest(model, low, target, library, extra), indent=1).encode())
+    doc = package_manifest(model, low, target, library, extra)
+    doc["sha256"] = {name: file_sha256(pkg / name) for name in sorted(p.name for p in pkg.iterdir() if p.is_file())}
+    write_bytes(pkg / "tvm.json", json.dumps(doc, indent=1).encode())
     size = sum(f.stat().st_size for f in pkg.iterdir())
     return {"backend": "tvm", "file": PACKAGE_DIR + "/", "bytes": size, "bits_per_weight": size * 8 / model.num_params,
             "weights_bytes": (pkg / WEIGHTS).stat().st_size, "tensor_types": kernel_counts(low), "notes": notes,

@@ -21,22 +21,50 @@ import torch
 from ..errors import BackendError
 
 PACKAGE_MANIFEST = "tvm.json"
+MAX_MANIFEST = 16 << 20
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / PACKAGE_MANIFEST
     try:
-        return json.loads(path.read_text())
+        with open(path, "rb") as f:  # bounded: a manifest is kilobytes, a hostile one may not be
+            doc = json.loads(f.read(MAX_MANIFEST + 1)[:MAX_MANIFEST])
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        return doc
     except FileNotFoundError:
         raise BackendError(f"{folder} holds no TVM package ({PACKAGE_MANIFEST} missing)",
                            hint="compile with --target host (this CPU) or another TVM target") from None
-    except json.JSONDecodeError as e:
-        raise BackendError(f"{path} is not valid JSON: {e}", hint="the package is damaged; recompile it") from None
+    except ValueError as e:  # JSONDecodeError, bad UTF-8, not an object
+        raise BackendError(f"{path} is not a valid package manifest: {str(e)[:120]}",
+                           hint="the package is damaged; recompile it") from None
+
+
+def package_file(folder: Path, manifest: dict[str, Any], key: str) -> Path:
+    """The package file `manifest[key]` names, checked before anything reads or loads it: a plain
+    name inside the package (no path, no link out of it), a regular file whose sha256 is the one
+    tvm.json records. A TVM package's library is native code: loading it runs it."""
+    from ..loading import file_sha256
+    name = manifest.get(key)
+    hashes = manifest.get("sha256")
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise BackendError(f"{folder / PACKAGE_MANIFEST}: '{key}' must name a file inside the package, not {str(name)[:80]!r}",
+                           hint="the package is damaged or not from cllm; recompile it")
+    path = folder / name
+    if path.is_symlink() or not path.is_file():
+        raise BackendError(f"{path} is not a regular file of the package", hint="recompile the package")
+    if not isinstance(hashes, dict) or name not in hashes:
+        raise BackendError(f"{folder / PACKAGE_MANIFEST} records no sha256 for {name}",
+                           hint="packages from before file hashes must be recompiled (cllm-compile ... --force)")
+    if file_sha256(path) != hashes[name]:
+        raise BackendError(f"{path}: sha256 differs from the one tvm.json records", hint="the package was changed "
+                           "or damaged after it was built: recompile it, and run only packages you trust")
+    return path
 
 
 def load_weights(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
     from safetensors.numpy import load_file
-    arrays = load_file(str(folder / manifest["weights"]))
+    arrays = load_file(str(package_file(folder, manifest, "weights")))
     missing = [n for n in manifest["params"] if n not in arrays]
     if missing:
         raise BackendError(f"weights file lacks {missing[:3]}", hint="the package is damaged; recompile it")
@@ -68,7 +96,7 @@ class TvmModel:
         if session is None:
             set_threads(self.threads)
         self.folder, self.manifest = Path(folder), read_manifest(Path(folder))
-        lib_path = self.folder / self.manifest["library"]
+        lib_path = package_file(self.folder, self.manifest, "library")  # checked before it is loaded anywhere
         if session is None:
             from .tvm_backend import host_missing_isa
             missing = host_missing_isa(self.manifest)

@@ -436,3 +436,40 @@ def test_avx2_package_runs_on_an_emulated_avx2_only_cpu(tiny_dir, tmp_path, monk
         assert r.returncode == 0, r.stderr[-2000:]
     here, emulated = np.load(outs["here"]), np.load(outs["qemu"])
     assert here.shape == (36, 512) and np.array_equal(here, emulated)
+
+
+def test_package_files_are_checked_before_loading(x86_artifact, tmp_path):
+    """Issue 22: a TVM package is native code, so the runner loads only the library tvm.json names
+    inside the package, with the sha256 it records; anything else is refused before loading."""
+    import json
+    import shutil
+    from cllm_compiler.backends.tvm_run import TvmModel
+    pkg = tmp_path / "tvm"
+    shutil.copytree(x86_artifact / "tvm", pkg)
+    man = json.loads((pkg / "tvm.json").read_text())
+    assert set(man["sha256"]) == {"model.so", "weights.safetensors"}
+    TvmModel(pkg).close()  # intact: loads
+
+    def variant(**change):
+        (pkg / "tvm.json").write_text(json.dumps({**man, **change}))
+    for lib in ("/lib/x86_64-linux-gnu/libc.so.6", "../tvm/model.so", "", 7):
+        variant(library=lib)
+        with pytest.raises(BackendError, match="inside the package"):
+            TvmModel(pkg)
+    variant(sha256={})
+    with pytest.raises(BackendError, match="no sha256") as e:
+        TvmModel(pkg)
+    assert "recompile" in e.value.hint
+    variant()
+    data = bytearray((pkg / "model.so").read_bytes())
+    data[len(data) // 2] ^= 1
+    (pkg / "model.so").write_bytes(bytes(data))
+    with pytest.raises(BackendError, match="sha256 differs"):
+        TvmModel(pkg)
+    (pkg / "model.so").unlink()
+    (pkg / "model.so").symlink_to(x86_artifact / "tvm" / "model.so")
+    with pytest.raises(BackendError, match="not a regular file"):
+        TvmModel(pkg)
+    (pkg / "tvm.json").write_bytes(b"\xff\xfe[1, 2]")
+    with pytest.raises(BackendError, match="not a valid package manifest"):
+        TvmModel(pkg)
