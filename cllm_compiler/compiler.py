@@ -181,11 +181,12 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "streamed": manager.streamable,
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
-        written = read_container(tmp / "model.cllm")  # the backend sees exactly what is on disk
-        report["estimates"].update(speed_estimates(written, target, threads))
-        if lowers:
+        from .targets.speed import container_tensors
+        report["estimates"].update(speed_estimates(model.config, container_tensors(tmp / "model.cllm"), target, threads))
+        if lowers:  # lowering reads the .cllm back, so the backend sees exactly what is on disk
             on_step(f"lowering: {target.backend} backend")
-            report["lowering"] = _backend_module(target.backend).lower_artifact(written, tmp, target)
+            report["lowering"] = _backend_module(target.backend).lower_artifact(
+                read_container(tmp / "model.cllm"), tmp, target)
         if eval_windows:
             on_step(f"evaluating {eval_windows} window(s) of {seqlen} tokens against the uncompressed model")
             report["eval"] = evaluate_artifact(tmp / "model.cllm", model, source_reps, eval_windows, seqlen,
@@ -198,17 +199,17 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     return CompileResult(out, report, stats)
 
 
-def speed_estimates(model: Model, target: Target, threads: int) -> dict[str, Any]:
+def speed_estimates(config: Any, tensors: list, target: Target, threads: int) -> dict[str, Any]:
     """Decode tok/s estimated (bandwidth and compute) on the target's whole device, and, for a
     target this CPU runs, on this host at `threads` threads: the number to hold against the
     measured one."""
     from .errors import TargetError
     from .targets.host import host_flags, missing_flags
     from .targets.speed import decode_estimate, matmul_split
-    nbytes, counts = matmul_split(model)
+    nbytes, counts = matmul_split(tensors, config.tie_word_embeddings)
     from .backends.tvm_backend import decode_int8
     int8 = target.backend == "tvm" and bool(decode_int8(target))  # as the package is built
-    args = (target, nbytes, counts, model.config.num_layers)
+    args = (target, nbytes, counts, config.num_layers)
     out = {"decode_tokens_per_s": decode_estimate(*args, int8=int8)}
     try:
         runs_here = "host_rank" in target.extra and not missing_flags(target, host_flags())

@@ -38,23 +38,35 @@ def host_ghz(path: Path = Path("/proc/cpuinfo")) -> float | None:
     return None
 
 
-def matmul_split(model: Any) -> tuple[int, dict[str, int]]:
+Tensor = tuple[str, tuple[int, ...], str, int]  # role, shape, representation kind, bytes before entropy coding
+
+
+def model_tensors(model: Any) -> list[Tensor]:
+    """The facts the model needs, from an IR (an entropy-coded tensor is not decoded)."""
+    return [(n.role, tuple(n.shape), getattr(n.rep, "inner_kind", n.rep.kind),
+             getattr(n.rep, "nominal_bits", n.rep.storage_bits)() // 8) for n in model]
+
+
+def container_tensors(path: Any) -> list[Tensor]:
+    """The same facts from a .cllm's header alone: nothing decoded or paged in (a streaming compile
+    of a large model must not hold its codes just to estimate a speed)."""
+    from ..container import ContainerFile
+    return [(r["role"], tuple(r["shape"]), r["rep"], sum(int(b["raw_length"]) for b in r["buffers"]))
+            for r in ContainerFile(path).header["tensors"]]
+
+
+def matmul_split(tensors: list[Tensor], tied: bool) -> tuple[int, dict[str, int]]:
     """(weight bytes read per token, params per kernel kind): the linear layers plus the head (the
     embedding when tied), as the decode GEMVs read them. Kinds: `int` (integer codes: the int8-
     activation kernels where the target has them), `lut` (codebooks: a table lookup per weight),
     `f32` (the rest)."""
     from ..ir import LINEAR_ROLES
-    from ..reprs import Encoded, Quantized
-    from ..reprs_codebook import Codebook
-    head = "embed" if model.config.tie_word_embeddings else "lm_head"
+    head = "embed" if tied else "lm_head"
     nbytes, counts = 0, {"int": 0, "lut": 0, "f32": 0}
-    for n in model:
-        if n.role not in LINEAR_ROLES and n.role != head:
-            continue
-        rep = n.rep.inner() if isinstance(n.rep, Encoded) else n.rep
-        nbytes += getattr(rep, "nominal_bits", rep.storage_bits)() // 8
-        kind = "int" if isinstance(rep, Quantized) else "lut" if isinstance(rep, Codebook) else "f32"
-        counts[kind] += int(n.shape[0]) * int(n.shape[1])
+    for role, shape, rep, size in tensors:
+        if role in LINEAR_ROLES or role == head:
+            nbytes += size
+            counts[{"quant": "int", "codebook": "lut"}.get(rep, "f32")] += int(shape[0]) * int(shape[1])
     return nbytes, counts
 
 

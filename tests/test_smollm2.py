@@ -181,12 +181,15 @@ def test_headline_estimate_within_2x_of_measured(smol_isa):
     from cllm_compiler.container import read_container
     from cllm_compiler.evaluate import tokenize, wikitext_text
     from cllm_compiler.targets import get_target
+    from cllm_compiler.targets.speed import container_tensors, model_tensors
     model = read_container(smol_isa / "model.cllm")
     tm = TvmModel(smol_isa / "tvm", threads=1)
     ids = tokenize(model.tokenizer, wikitext_text())[:128].tolist()
     tm.speed(ids[:16], 4)
     measured = sorted(tm.speed(ids, 32)["decode_tok_s"] for _ in range(3))[1]
-    est = speed_estimates(model, get_target(tm.manifest["target"]), 1)["decode_tokens_per_s_this_host"]
+    assert container_tensors(smol_isa / "model.cllm") == model_tensors(model)  # header facts == IR facts
+    est = speed_estimates(model.config, model_tensors(model), get_target(tm.manifest["target"]), 1)
+    est = est["decode_tokens_per_s_this_host"]
     print(json.dumps({"target": tm.manifest["target"], "measured": measured, "estimate": est["value"]}))
     assert 0.5 < est["value"] / measured < 2.0, (est, measured)
 
