@@ -182,7 +182,10 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "tensors": tensor_table(rows, stats), "notes": [n for s in stats for n in s.notes],
         }
         from .targets.speed import container_tensors
-        report["estimates"].update(speed_estimates(model.config, container_tensors(tmp / "model.cllm"), target, threads))
+        from .backends.tvm_backend import decode_int8
+        int8 = target.backend == "tvm" and bool(decode_int8(target))  # as its package is (or would be) built
+        report["estimates"].update(speed_estimates(model.config, container_tensors(tmp / "model.cllm"), target,
+                                                   threads, int8))
         if lowers:  # lowering reads the .cllm back, so the backend sees exactly what is on disk
             on_step(f"lowering: {target.backend} backend")
             report["lowering"] = _backend_module(target.backend).lower_artifact(
@@ -199,16 +202,14 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
     return CompileResult(out, report, stats)
 
 
-def speed_estimates(config: Any, tensors: list, target: Target, threads: int) -> dict[str, Any]:
+def speed_estimates(config: Any, tensors: list, target: Target, threads: int, int8: bool) -> dict[str, Any]:
     """Decode tok/s estimated (bandwidth and compute) on the target's whole device, and, for a
     target this CPU runs, on this host at `threads` threads: the number to hold against the
-    measured one."""
+    measured one. `int8`: the package's integer weights run the int8-activation kernels."""
     from .errors import TargetError
     from .targets.host import host_flags, missing_flags
     from .targets.speed import decode_estimate, matmul_split
     nbytes, counts = matmul_split(tensors, config.tie_word_embeddings)
-    from .backends.tvm_backend import decode_int8
-    int8 = target.backend == "tvm" and bool(decode_int8(target))  # as the package is built
     args = (target, nbytes, counts, config.num_layers)
     out = {"decode_tokens_per_s": decode_estimate(*args, int8=int8)}
     try:

@@ -188,7 +188,8 @@ def test_headline_estimate_within_2x_of_measured(smol_isa):
     tm.speed(ids[:16], 4)
     measured = sorted(tm.speed(ids, 32)["decode_tok_s"] for _ in range(3))[1]
     assert container_tensors(smol_isa / "model.cllm") == model_tensors(model)  # header facts == IR facts
-    est = speed_estimates(model.config, model_tensors(model), get_target(tm.manifest["target"]), 1)
+    int8 = tm.manifest["decode_activations"].startswith("int8")
+    est = speed_estimates(model.config, model_tensors(model), get_target(tm.manifest["target"]), 1, int8)
     est = est["decode_tokens_per_s_this_host"]
     print(json.dumps({"target": tm.manifest["target"], "measured": measured, "estimate": est["value"]}))
     assert 0.5 < est["value"] / measured < 2.0, (est, measured)
