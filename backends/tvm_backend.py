@@ -35,8 +35,8 @@ def tvm_target(target: Any) -> dict[str, Any]:
 
 def decode_int8(target: Any) -> str:
     """The integer dot instruction (vnni | avx2) of targets whose table says decode_activations =
-    "int8": their decode GEMVs quantize activations to int8, as llama.cpp does; prefill stays fp32.
-    "" when off. CLLM_DECODE_ACTIVATIONS=f32 turns it off for a build."""
+    "int8": generation (decode and prefill) quantizes activations to int8, as llama.cpp does;
+    evaluation stays fp32. "" when off. CLLM_DECODE_ACTIVATIONS=f32 turns it off for a build."""
     wanted = os.environ.get("CLLM_DECODE_ACTIVATIONS", target.extra.get("decode_activations", "f32"))
     return str(target.extra.get("int8_dot", "")) if wanted == "int8" else ""
 

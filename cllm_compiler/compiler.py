@@ -206,17 +206,12 @@ def speed_estimates(config: Any, tensors: list, target: Target, threads: int, in
     """Decode tok/s estimated (bandwidth and compute) on the target's whole device, and, for a
     target this CPU runs, on this host at `threads` threads: the number to hold against the
     measured one. `int8`: the package's integer weights run the int8-activation kernels."""
-    from .errors import TargetError
-    from .targets.host import host_flags, missing_flags
+    from .targets.host import runs_here
     from .targets.speed import decode_estimate, matmul_split
     nbytes, counts = matmul_split(tensors, config.tie_word_embeddings)
     args = (target, nbytes, counts, config.num_layers)
     out = {"decode_tokens_per_s": decode_estimate(*args, int8=int8)}
-    try:
-        runs_here = "host_rank" in target.extra and not missing_flags(target, host_flags())
-    except TargetError:  # unreadable CPU flags: nothing runs here, so there is nothing to compare
-        runs_here = False
-    if runs_here:
+    if runs_here(target):  # else nothing runs here, so there is nothing to compare
         out["decode_tokens_per_s_this_host"] = decode_estimate(*args, threads=threads, int8=int8, on_host=True)
     return out
 

@@ -60,6 +60,14 @@ def missing_flags(target: Target | dict, flags: frozenset[str]) -> list[str]:
     return [f for f in isa if f not in flags]
 
 
+def runs_here(target: Target) -> bool:
+    """Whether this CPU runs `target`'s native code (False when its flags cannot be read)."""
+    try:
+        return "host_rank" in target.extra and not missing_flags(target, host_flags())
+    except TargetError:
+        return False
+
+
 @dataclass(frozen=True)
 class HostChoice:
     target: Target
