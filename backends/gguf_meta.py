@@ -69,6 +69,9 @@ def tokenizer_meta(w: Any, model: Model) -> list[str]:
                            hint="the GGUF backend writes byte-level BPE tokenizers (Llama 3, SmolLM, Qwen2)")
     tokens, special = token_list(tj, model.config.vocab_size)
     merges = [mm if isinstance(mm, str) else " ".join(mm) for mm in m.get("merges", [])]
+    if not merges:  # gguf-py drops an empty array, and llama.cpp refuses a "gpt2" vocabulary without it
+        raise BackendError("the tokenizer is BPE without merges: llama.cpp cannot load such a GGUF vocabulary",
+                           hint="use a target with another backend (e.g. --target host), or a tokenizer with merges")
     w.add_tokenizer_model("gpt2")
     pre = str(model.source.get("tokenizer_pre") or pre_tokenizer(tj))  # a GGUF source's own name wins
     w.add_tokenizer_pre(pre)

@@ -2,7 +2,6 @@
 interface (whole-window logits), greedy generation with the KV cache, and tokens/s."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,12 +19,18 @@ class OrtModel:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("onnxruntime is not installed", hint="pip install -e .[onnx]") from None
-        man = json.loads((folder / "onnx.json").read_text())
-        self.layers, self.kv_heads, self.head_dim = man["layers"], man["kv_heads"], man["head_dim"]
+        from ..safeio import read_json, regular_file
+        man = read_json(folder / "onnx.json", inside=folder, error=BackendError)
+        try:
+            self.layers, self.kv_heads, self.head_dim = (int(man[k]) for k in ("layers", "kv_heads", "head_dim"))
+            model_file = regular_file(folder / str(man["file"]), inside=folder, error=BackendError)
+        except (KeyError, TypeError, ValueError):
+            raise BackendError(f"{folder / 'onnx.json'} is not an ONNX manifest cllm wrote",
+                               hint="the artifact is damaged; compile it again") from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or int(os.environ.get("CLLM_THREADS", "1"))
         so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(str(folder / man["file"]), so, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
         self.n_ctx = self.max_len = max_len
 
     def _empty(self, batch: int) -> np.ndarray:

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_bytes
+from ..errors import BackendError
 from ..ir import Model
+from ..safeio import read_json
 from .tvm_build import DEFAULT_MAX_LEN, compile_module, lower
 
 PACKAGE_DIR = "tvm"
@@ -113,8 +115,12 @@ def runs_here(folder: Path) -> bool:
     pkg = folder / PACKAGE_DIR
     if not (pkg / "tvm.json").is_file():
         return False
-    man = json.loads((pkg / "tvm.json").read_text())
-    return man["tvm_target"]["kind"] == "llvm" and man["built_on"] == platform.machine() and not host_missing_isa(man)
+    try:
+        man = read_json(pkg / "tvm.json", inside=folder, error=BackendError)
+        return man["tvm_target"]["kind"] == "llvm" and man["built_on"] == platform.machine() and not host_missing_isa(man)
+    except (KeyError, TypeError):
+        raise BackendError(f"{pkg / 'tvm.json'} is not a TVM package manifest cllm wrote",
+                           hint="the artifact is damaged; compile it again") from None
 
 
 def models(folder: Path, seqlen: int) -> dict[str, Any]:

@@ -123,21 +123,48 @@ def check_replaceable(path: Path, force: bool) -> None:
                           hint="choose another -o folder, or move that one away yourself")
 
 
+PARTIAL = ".cllm-partial"  # in a folder being written: the writer's pid, so a dead writer's can go
+
+
+def clean_partials(path: Path) -> None:
+    """Remove `.NAME.*.partial` folders beside `path` whose writer was killed (their marker names a
+    pid that is gone). Only folders carrying cllm's marker: never anything else."""
+    for p in path.parent.glob(f".{path.name}.*.partial"):
+        try:
+            if p.is_symlink() or not p.is_dir():
+                continue
+            pid = int((p / PARTIAL).read_text().split()[0])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; it is renamed to `path` only on success.
 
     A failed compile leaves nothing at `path`, so no half-written artifact can look complete.
+    Errors of the caller's own work pass through as they are (a read error is not "cannot write").
     """
     path = Path(path)
     check_replaceable(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        (tmp / PARTIAL).write_text(f"{os.getpid()}\n")
     except OSError as e:
         raise os_error(e, path) from e
     try:
         yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        (tmp / PARTIAL).unlink()
         (tmp / MARKER).write_bytes(b"written by cllm: cllm --force may replace this folder\n")
         old = None
         if path.exists():  # moved into a fresh folder of our own, never onto a name someone else may use

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from .errors import UnsupportedModelError
+from .model_checks import check_config
 from .reprs import Representation
 
 SUPPORTED_ARCHS = ("llama", "mistral", "qwen2")
@@ -76,6 +77,7 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"architecture '{self.arch}' is not supported",
                 hint=f"cllm compiles the Llama family: {', '.join(SUPPORTED_ARCHS)}")
+        check_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

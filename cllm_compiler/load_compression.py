@@ -10,7 +10,6 @@ bit, so the compiled artifact computes what the trained model computed.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from .errors import LoadError
 from .ir import Model
+from .safeio import MiB, read_json, regular_file
 from .reprs import Quantized
 from .reprs_codebook import Codebook
 from .reprs_lowrank import LowRank
@@ -29,12 +29,13 @@ VERSION = 1
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
-    try:
-        spec = json.loads((folder / "compression.json").read_text())
-    except ValueError as e:
-        raise LoadError(f"{folder / 'compression.json'} is not valid JSON: {e}") from e
+    spec = read_json(folder / "compression.json", 64 * MiB, inside=folder)
     if spec.get("format") != FORMAT or spec.get("version") != VERSION:
         raise LoadError(f"{folder / 'compression.json'} is not a {FORMAT} v{VERSION} file",
+                        hint="export it again with this cllm's cllm-train")
+    tensors = spec.get("tensors")
+    if not isinstance(tensors, dict) or not all(isinstance(t, dict) for t in tensors.values()):
+        raise LoadError(f"{folder / 'compression.json'}: 'tensors' is not a mapping of tensor records",
                         hint="export it again with this cllm's cllm-train")
     return spec
 
@@ -44,8 +45,13 @@ def apply_compression(model: Model, folder: Path) -> int:
     from safetensors import safe_open
     spec = read_spec(folder)
     nodes = {n.name: n for n in model}
-    with safe_open(str(folder / "compression.safetensors"), framework="pt") as f:
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    from safetensors import SafetensorError
+    try:
+        with safe_open(str(regular_file(folder / "compression.safetensors", inside=folder)), framework="pt") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise LoadError(f"cannot read compression.safetensors: {str(e)[:120]}",
+                        hint="the export is damaged; export it again") from None
     for name, t in spec["tensors"].items():
         if name not in nodes:
             raise LoadError("compression.json names a tensor the checkpoint lacks", tensor=name,
@@ -54,8 +60,9 @@ def apply_compression(model: Model, folder: Path) -> int:
         try:
             node.rep = _rep(node.rep.decode(), t, {k[len(name) + 1:]: v for k, v in arrays.items()
                                                     if k.startswith(name + ".")})
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise LoadError(f"compression record does not fit the weight: {e}", tensor=name,
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError, ZeroDivisionError,
+                OverflowError) as e:  # a hostile record can break any step of the reconstruction
+            raise LoadError(f"compression record does not fit the weight: {str(e)[:160]}", tensor=name,
                             hint="the checkpoint's weights are not on the grid compression.json describes; "
                                  "re-export it") from e
     return len(spec["tensors"])
@@ -91,6 +98,9 @@ def _lowrank(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]
 
 
 def _rep(w: torch.Tensor, t: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Quantized | Sparse | Codebook | LowRank:
+    for key, low, top in (("bits", 1, 8), ("group", 0, 1 << 20), ("d", 1, 16), ("rank", 1, 1 << 16)):
+        if key in t and (type(t[key]) is not int or not low <= t[key] <= top):
+            raise ValueError(f"{key} = {str(t[key])[:40]} is not a whole number from {low} to {top}")
     if t.get("format") == "codebook":
         return _codebook(w, t, arrays)
     if t.get("format") == "lowrank":

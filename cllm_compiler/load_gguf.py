@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from .errors import LoadError, UnsupportedModelError
+from .gguf_guard import check_gguf
 from .ir import Model, ModelConfig, TensorNode, TokenizerSpec
+from .model_checks import check_finite, check_tensors, whole
 from .reprs import Dense
 
 GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
@@ -50,20 +52,22 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 def config_from_gguf(reader: Any) -> ModelConfig:
     arch = _field(reader, "general.architecture", "unknown")
-    if arch not in GGUF_ARCHS:
-        raise UnsupportedModelError(f"architecture '{arch}' is not supported",
+    if not isinstance(arch, str) or arch not in GGUF_ARCHS:
+        raise UnsupportedModelError(f"architecture '{str(arch)[:80]}' is not supported",
                                     hint=f"supported GGUF architectures: {', '.join(GGUF_ARCHS)}")
     a = arch
     try:
-        heads = int(_field(reader, f"{a}.attention.head_count"))
-        hidden = int(_field(reader, f"{a}.embedding_length"))
+        heads = whole(_field(reader, f"{a}.attention.head_count"))
+        hidden = whole(_field(reader, f"{a}.embedding_length"))
         vocab = _field(reader, f"{a}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+        if hidden % max(heads, 1) and _field(reader, f"{a}.attention.key_length") is None:
+            raise ValueError(f"head_count {heads} does not divide embedding_length {hidden}")
         return ModelConfig(
-            arch=GGUF_ARCHS[arch], vocab_size=int(vocab), hidden_size=hidden,
-            intermediate_size=int(_field(reader, f"{a}.feed_forward_length")),
-            num_layers=int(_field(reader, f"{a}.block_count")), num_heads=heads,
-            num_kv_heads=int(_field(reader, f"{a}.attention.head_count_kv", heads)),
-            head_dim=int(_field(reader, f"{a}.attention.key_length", hidden // heads)),
+            arch=GGUF_ARCHS[arch], vocab_size=whole(vocab), hidden_size=hidden,
+            intermediate_size=whole(_field(reader, f"{a}.feed_forward_length")),
+            num_layers=whole(_field(reader, f"{a}.block_count")), num_heads=heads,
+            num_kv_heads=whole(_field(reader, f"{a}.attention.head_count_kv", heads)),
+            head_dim=whole(_field(reader, f"{a}.attention.key_length", hidden // max(heads, 1))),
             rope_theta=float(_field(reader, f"{a}.rope.freq_base", 10000.0)),
             rms_norm_eps=float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
             max_position_embeddings=int(_field(reader, f"{a}.context_length", 2048)),
@@ -71,8 +75,11 @@ def config_from_gguf(reader: Any) -> ModelConfig:
             attention_bias=any(t.name.endswith("attn_q.bias") for t in reader.tensors),
             bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
             eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"))
-    except (TypeError, ValueError) as e:
-        raise LoadError(f"GGUF metadata is incomplete: {e}", hint="is this a model GGUF (not a LoRA/vocab file)?") from e
+    except KeyError as e:
+        raise LoadError(f"GGUF metadata lacks {e}", hint="is this a model GGUF (not a LoRA/vocab file)?") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise LoadError(f"GGUF metadata is incomplete or mangled: {str(e)[:120]}",
+                        hint="is this a model GGUF (not a LoRA/vocab file)?") from None
 
 
 def _tokenizer(path: Path, reader: Any) -> TokenizerSpec | None:
@@ -83,9 +90,10 @@ def _tokenizer(path: Path, reader: Any) -> TokenizerSpec | None:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:  # transformers raises many types here
         raise LoadError(f"cannot build tokenizer from {path.name}: {e}") from e
+    template = _field(reader, "tokenizer.chat_template")
     return TokenizerSpec(tok.backend_tokenizer.to_str(),
-                         add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-                         chat_template=_field(reader, "tokenizer.chat_template"))
+                         add_bos=_field(reader, "tokenizer.ggml.add_bos_token", False) is True,
+                         chat_template=template if isinstance(template, str) else None)
 
 
 def _dequantize(data: Any, qtype: Any) -> torch.Tensor:
@@ -94,22 +102,23 @@ def _dequantize(data: Any, qtype: Any) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # F32 tensors are read-only memmaps
 
 
-def _loader(t: Any, permute_heads: int | None):
+def _loader(t: Any, name: str, permute_heads: int | None):
     def load() -> torch.Tensor:
-        w = _dequantize(t.data, t.tensor_type)
+        w = check_finite(name, _dequantize(t.data, t.tensor_type))
         return unpermute(w, permute_heads) if permute_heads else w
     return load
 
 
-def _row_loader(t: Any):
+def _row_loader(t: Any, name: str):
     def rows(start: int, stop: int) -> torch.Tensor:
-        return _dequantize(t.data[start:stop], t.tensor_type)
+        return check_finite(name, _dequantize(t.data[start:stop], t.tensor_type))
     return rows
 
 
 def load_gguf(path: Path) -> Model:
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFReader
+    check_gguf(path)  # counts and extents checked against the file before gguf-py allocates from them
     try:
         reader = GGUFReader(str(path))
     except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError, ...
@@ -126,7 +135,7 @@ def load_gguf(path: Path) -> Model:
         if name is None:
             if t.name in SKIP:
                 continue
-            raise UnsupportedModelError(f"GGUF tensor '{t.name}' has no Llama-family equivalent",
+            raise UnsupportedModelError(f"GGUF tensor '{t.name[:80]}' has no Llama-family equivalent",
                                         hint="this GGUF holds an architecture variant cllm does not know")
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         heads = None
@@ -134,6 +143,7 @@ def load_gguf(path: Path) -> Model:
             heads = config.num_heads if "q_proj" in name else config.num_kv_heads
         dtype = {Q.F16: "f16", Q.BF16: "bf16"}.get(t.tensor_type, "f32")
         # Row reads need rows in file order: not for q/k, whose rows llama.cpp permuted.
-        rows = _row_loader(t) if heads is None and len(shape) == 2 else None
-        model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(t, heads), row_loader=rows)))
+        rows = _row_loader(t, name) if heads is None and len(shape) == 2 else None
+        model.add(TensorNode(name, shape, Dense(shape, dtype, loader=_loader(t, name, heads), row_loader=rows)))
+    check_tensors(model, path.name)
     return model

@@ -12,6 +12,7 @@ from .atomic import check_replaceable, write_bytes, written_by_cllm
 from .calibration import FILE as CALIB_FILE
 from .errors import OutputError
 from .loading import file_sha256
+from .safeio import read_json
 from .targets import Target
 
 MANIFEST = "manifest.json"
@@ -67,5 +68,5 @@ def compile_targets(model_path: Path, targets: list[Target], root: Path, compile
         entries.append(artifact_entry(folders[t.name], res.report))
         if (folders[t.name] / CALIB_FILE).exists():
             reuse = (*reuse, folders[t.name])
-    src = json.loads((folders[targets[0].name] / "manifest.json").read_text())["source"]
+    src = read_json(folders[targets[0].name] / "manifest.json")["source"]  # cllm's own, just written
     return write_manifest(root, src, entries), results

@@ -7,7 +7,6 @@ passes only transform tensors and return statistics.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
@@ -16,6 +15,7 @@ import torch
 
 from .errors import PassError
 from .ir import ALL_ROLES, ROLE_GROUPS, Model, TensorNode
+from .safeio import compile_regex, regex_search, short
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -136,10 +136,9 @@ class Pass:
         for p in declared.values():
             self.args[p.name] = self._coerce(p, kwargs.get(p.name, p.default))
         self.roles = parse_roles(self.args["match"])
-        try:
-            self.name_re = re.compile(self.args["names"]) if self.args["names"] else None
-        except re.error as e:
-            raise PassError(f"names= is not a valid regex: {e}") from e
+        # The `regex` engine, so that a user's pattern is matched under a time limit (ReDoS).
+        self.name_re = compile_regex(self.args["names"], f"{self.name}: names=", PassError) if self.args["names"] else None
+        self.skip_re = compile_regex(self.args["skip"], f"{self.name}: skip=", PassError) if self.args["skip"] else None
 
     @classmethod
     def all_params(cls) -> tuple[Param, ...]:
@@ -150,20 +149,28 @@ class Pass:
         )
 
     def _coerce(self, p: Param, value: Any) -> Any:
+        raw = value
         try:
+            if isinstance(value, (list, dict, tuple, set, bytes)) or value is None:
+                raise TypeError(value)  # str([1]) would pass as text; a recipe's list is a mistake
             if p.type is bool and isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 value = value.lower() in ("true", "1", "yes")
+            elif p.type is int and isinstance(value, float) and value != int(value):
+                raise ValueError(value)  # group=1.5 is not 1
             else:
                 value = p.type(value)
-        except (TypeError, ValueError):
-            raise PassError(f"{self.name}: {p.name}={value!r} is not a {p.type.__name__}", hint=p.help) from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(value)
+        except (TypeError, ValueError, OverflowError):
+            kind = {int: "whole number", float: "finite number", bool: "true/false"}.get(p.type, p.type.__name__)
+            raise PassError(f"{self.name}: {p.name}={short(raw)} is not a {kind}", hint=p.help) from None
         if p.choices is not None and value not in p.choices:
-            raise PassError(f"{self.name}: {p.name}={value!r} is not allowed",
+            raise PassError(f"{self.name}: {p.name}={short(value)} is not allowed",
                             hint=f"choose one of {', '.join(map(str, p.choices))}")
         if p.check is not None and not p.check(value):
-            raise PassError(f"{self.name}: {p.name}={value!r} is out of range", hint=p.help)
+            raise PassError(f"{self.name}: {p.name}={short(value)} is out of range", hint=p.help)
         return value
 
     def storage_format(self) -> str | None:
@@ -181,9 +188,9 @@ class Pass:
     def matches(self, node: TensorNode) -> bool:
         if node.role not in self.roles:
             return False
-        if self.name_re and not self.name_re.search(node.name):
+        if self.name_re and not regex_search(self.name_re, node.name, f"{self.name}: names=", PassError):
             return False
-        return not (self.args["skip"] and re.search(self.args["skip"], node.name))
+        return not (self.skip_re and regex_search(self.skip_re, node.name, f"{self.name}: skip=", PassError))
 
     def each(self, model: Model) -> Iterator[TensorNode]:
         """The tensors this pass acts on, reporting each to the progress hook."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import PipelineError
 from .passes_base import PASSES, Pass
+from .safeio import SMALL, load_yaml, read_text, short
 
 _ITEM = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
 
@@ -58,14 +59,8 @@ def make_pass(name: str, params: dict[str, Any]) -> Pass:
 
 def load_recipe(path: Path) -> list[Pass]:
     """A YAML recipe: ``pipeline:`` as a string, or a list of {pass: {params}} / "pass" items."""
-    import yaml
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"recipe {path} does not exist", hint="check the --recipe path") from None
-    except yaml.YAMLError as e:
-        raise PipelineError(f"recipe {path} is not valid YAML: {e}",
-                            hint="fix the YAML near the line and column named above") from e
+    what = f"recipe {path}"
+    doc = load_yaml(read_text(Path(path), SMALL, what=what, error=PipelineError), what, PipelineError)
     steps = doc.get("pipeline") if isinstance(doc, dict) else None
     if isinstance(steps, str):
         return parse_pipeline(steps)
@@ -76,11 +71,12 @@ def load_recipe(path: Path) -> list[Pass]:
     for step in steps:
         if isinstance(step, str):
             out.append(make_pass(step, {}))
-        elif isinstance(step, dict) and len(step) == 1:
+        elif isinstance(step, dict) and len(step) == 1 and isinstance(next(iter(step.values())) or {}, dict):
             (name, params), = step.items()
-            out.append(make_pass(name, params or {}))
+            out.append(make_pass(str(name), {str(k): v for k, v in (params or {}).items()}))
         else:
-            raise PipelineError(f"recipe step {step!r} is not 'name' or {{name: {{params}}}}")
+            raise PipelineError(f"recipe step {short(step)} is not 'name' or {{name: {{params}}}}",
+                                hint="pipeline:\n  - quant: {bits: 4, group: 128}")
     return out
 
 

@@ -151,7 +151,9 @@ class Quantized(Representation):
             raise ValueError("quantized tensors are 2-D")
         self.codes, self.scales, self.zeros = codes, scales.astype(np.float16), zeros
         self.mins = None if mins is None else mins.astype(np.float16)
-        self.bits, self.group = bits, group
+        # A group wider than the tensor is one group of all its columns: recorded as such, so the
+        # reader (which refuses group > columns) reads back what the writer wrote.
+        self.bits, self.group = bits, min(group, max(codes.shape[1], 1))
 
     @property
     def symmetric(self) -> bool:

@@ -17,8 +17,10 @@ import torch
 from .. import layerwise
 from ..calibration import FILE, Calibration
 from ..errors import PassError
+from ..eval_guard import refuse_eval_text
 from ..ir import Model
 from ..passes_base import Param, Pass, PassStats, register_pass
+from ..safeio import read_bytes
 
 DEFAULT_TEXT = "moby-dick"
 
@@ -30,12 +32,12 @@ def calibration_text(spec: str) -> tuple[str, str]:
     else:
         p = Path(spec)
         files = sorted(p.glob("*.txt")) if p.is_dir() else [p]
-        if not files or not all(f.is_file() for f in files):
-            raise PassError(f"calibration text {spec} does not exist or holds no .txt files",
+        if not files:
+            raise PassError(f"calibration text {spec} holds no .txt files",
                             hint="give data=FILE.txt or a folder of .txt files (e.g. ../shared/data/train)")
-        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-    if "= Robert Boulter =" in text[:2000]:  # the first article of WikiText-2 test
-        raise PassError("refusing to calibrate on WikiText-2 test text", hint="it is the evaluation set")
+        text = "\n\n".join(read_bytes(f, 1 << 30, what=f"calibration text {f}", error=PassError)
+                           .decode("utf-8", errors="replace") for f in files)
+        refuse_eval_text(text, spec, PassError, use="calibrate")
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 

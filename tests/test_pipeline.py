@@ -24,7 +24,7 @@ def test_group_channel_and_bool():
     ("quantize{bits=4}", "unknown pass 'quantize'"),
     ("quant{bitz=4}", "no parameter 'bitz'"),
     ("quant{bits=9}", "out of range"),
-    ("quant{bits=four}", "not a int"),
+    ("quant{bits=four}", "not a whole number"),
     ("quant{bits=4", "does not parse"),
     ("quant{bits}", "has no '='"),
     ("entropy{codec=lzma}", "not allowed"),

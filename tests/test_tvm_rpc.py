@@ -95,7 +95,7 @@ def _validate_proc(artifact: Path, url: str, timeout: float) -> subprocess.Popen
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-@pytest.mark.parametrize("how", ["kill", "freeze"])
+@pytest.mark.parametrize("how", ["kill", pytest.param("freeze", marks=pytest.mark.slow)])  # freeze waits out 15 s
 def test_server_dying_mid_run_gives_clear_error(artifact, server, how):
     proc = _validate_proc(artifact, server.url, timeout=15)
     lines = []

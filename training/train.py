@@ -19,13 +19,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_file
+from ..atomic import atomic_path, write_bytes
 from ..errors import TrainError
+from ..eval_guard import refuse_eval_text
+from ..loading import file_sha256
+from ..safeio import read_bytes, regular_file
 from .qat import kd_loss, model_rate_bits, penalties, prepare, step_bits
 from .recipe import TrainConfig
-
-WIKITEXT_MARK = "= Robert Boulter ="  # first article of WikiText-2 test: never train on it
-
 
 def text_files(data: tuple[str, ...]) -> list[Path]:
     if not data:
@@ -35,20 +35,17 @@ def text_files(data: tuple[str, ...]) -> list[Path]:
     for d in data:
         p = Path(d)
         files += sorted(p.glob("*.txt")) if p.is_dir() else [p]
-    missing = [f for f in files if not f.is_file()]
-    if missing or not files:
-        raise TrainError(f"training data {missing[0] if missing else data} not found",
-                         hint="give text files or folders of .txt files under data:")
-    return files
+    if not files:
+        raise TrainError(f"training data {data} holds no .txt file", hint="give text files or folders of .txt files under data:")
+    return [regular_file(f, what=f"training data {f}", error=TrainError) for f in files]
 
 
 def token_splits(tok: Any, files: list[Path], holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(train ids, held-out ids): the last `holdout` of every file is held out."""
     train, held = [], []
     for f in files:
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if WIKITEXT_MARK in text[:5000]:
-            raise TrainError(f"refusing to train on {f}: it is WikiText-2 test, the evaluation set")
+        text = read_bytes(f, 4 << 30, what=f"training data {f}", error=TrainError).decode("utf-8", errors="replace")
+        refuse_eval_text(text, str(f), TrainError)
         cut = int(len(text) * (1 - holdout))
         train.append(torch.tensor(tok.encode(text[:cut]).ids))
         held.append(torch.tensor(tok.encode(text[cut:]).ids))
@@ -68,6 +65,20 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def verify_checkpoint(out: Path) -> None:
+    """TrainError unless OUT/checkpoint.pt is a regular file whose sha256 checkpoint.sha256 lists
+    (a bit flipped on disk must not resume silently)."""
+    ckpt, digest = out / "checkpoint.pt", out / "checkpoint.sha256"
+    regular_file(ckpt, what=str(ckpt), error=TrainError)
+    if not digest.exists():
+        raise TrainError(f"{ckpt} has no checkpoint.sha256 beside it, so it cannot be verified",
+                         hint="train again into a fresh --out folder (checkpoints carry their hash since cllm 0.1)")
+    known = read_bytes(digest, 4096, what=str(digest), error=TrainError).decode(errors="replace").split()
+    if file_sha256(ckpt) not in known:
+        raise TrainError(f"{ckpt} does not match the hash recorded beside it: the file is damaged",
+                         hint="train again into a fresh --out folder (or restore the checkpoint from a copy)")
 
 
 class Trainer:
@@ -98,21 +109,40 @@ class Trainer:
     def ckpt(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    @property
+    def ckpt_hash(self) -> Path:
+        return self.out / "checkpoint.sha256"
+
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, "model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "recipe": json.dumps(self.cfg.to_dict(), sort_keys=True, default=list)}
-        with atomic_file(self.ckpt) as f:
-            torch.save(state, f)
+        with atomic_path(self.ckpt) as tmp:
+            torch.save(state, tmp)
+            # The hash file lists the new checkpoint's hash and the one it replaces, and is written
+            # before the checkpoint appears: a kill between the two leaves a pair that verifies.
+            old = self.ckpt_hash.read_text().split()[:1] if self.ckpt_hash.is_file() else []
+            write_bytes(self.ckpt_hash, "\n".join([file_sha256(tmp), *old]).encode() + b"\n")
 
     def resume(self) -> None:
-        state = torch.load(self.ckpt, map_location=self.cfg.device, weights_only=True)
-        if state["recipe"] != json.dumps(self.cfg.to_dict(), sort_keys=True, default=list):
+        verify_checkpoint(self.out)
+        try:
+            state = torch.load(self.ckpt, map_location=self.cfg.device, weights_only=True)
+            recipe = state["recipe"]
+        except Exception as e:  # torch raises many types for a file that is not its checkpoint
+            raise TrainError(f"{self.ckpt} is not a training checkpoint torch can read "
+                             f"({type(e).__name__}: {str(e)[:120] or 'no detail'})",
+                             hint="train again into a fresh --out folder") from None
+        if recipe != json.dumps(self.cfg.to_dict(), sort_keys=True, default=list):
             raise TrainError(f"{self.ckpt} was written by a different recipe",
                              hint="resume with the same recipe, or train into another --out folder")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optim"])
-        self.step = int(state["step"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.step = int(state["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise TrainError(f"{self.ckpt} does not fit this model: {str(e)[:120]}",
+                             hint="resume with the recipe and model that wrote it") from None
 
     def loss(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         q = self.cfg.qat

@@ -43,6 +43,10 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     from ..backends.torch_ref import build_torch_model
     from ..errors import EvalError
+    if not 8 <= args.seqlen <= 1 << 16 or args.first_window < 0 or (args.max_windows or 0) < 0:
+        raise EvalError(f"--seqlen {args.seqlen}, --first-window {args.first_window}, --max-windows "
+                        f"{args.max_windows}: out of range",
+                        hint="--seqlen from 8 to 65536 (the paper protocol: 2048); window counts >= 0")
     from ..evaluate import evaluate, tokenize, wikitext_text
     from ..loading import load_model
     setup_threads(args.threads)
@@ -71,7 +75,8 @@ def _main(argv: list[str] | None) -> int:
     results = {k: v.to_dict() for k, v in res.items() if not k.endswith(":kld")}
     _print(results, ref_path)
     if args.json:
-        args.json.write_text(json.dumps({"reference": ref_path, "results": results}, indent=1))
+        from ..atomic import write_bytes
+        write_bytes(args.json, json.dumps({"reference": ref_path, "results": results}, indent=1).encode())
     if args.kld_out:
         np.savez(args.kld_out, **{f"{k}|{f}": v[f] for k, v in res.items() if k.endswith(":kld") for f in v})
     if not args.no_report:
@@ -81,11 +86,13 @@ def _main(argv: list[str] | None) -> int:
 
 def _recorded_source(artifact: str) -> str | None:
     """The source path from the artifact folder's manifest, if that file still exists."""
+    from ..safeio import read_json
     man = Path(artifact) / "manifest.json"
-    if not man.exists():
+    if not Path(artifact).is_dir() or not man.exists():
         return None
-    p = json.loads(man.read_text()).get("source", {}).get("path")
-    return p if p and Path(p).exists() else None
+    src = read_json(man, inside=Path(artifact)).get("source")
+    p = src.get("path") if isinstance(src, dict) else None
+    return p if isinstance(p, str) and Path(p).exists() else None
 
 
 def _print(results: dict, ref_path: str | None) -> None:
@@ -104,7 +111,8 @@ def _update_reports(results: dict, ref_path: str | None) -> None:
     for name, r in results.items():
         rep = Path(name) / "report.json"
         if Path(name).is_dir() and rep.exists():
-            doc = json.loads(rep.read_text())
+            from ..safeio import read_json
+            doc = read_json(rep, 64 << 20, inside=Path(name))
             doc.setdefault("eval_runs", []).append({"reference": ref_path, "result": r})
             write_bytes(rep, json.dumps(doc, indent=1).encode())
 

@@ -25,20 +25,54 @@ examples:
 """
 
 
+CHAT_LIMIT = 1 << 20   # characters a rendered chat prompt may have
+CHAT_SECONDS = 2.0     # a template is a tiny program: loops of 10^5 x 10^5 must not run for hours
+
+
 def render_chat(template: str, message: str) -> str:
     """The model's chat template around one user message, rendered in jinja2's immutable sandbox
-    (as transformers does): a template is data from the model file, never code to run."""
+    (as transformers does): a template is data from the model file, never code to run. Bounded
+    too: string and list repetition, the output's length and the render's time."""
+    import signal
+
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
     from ..errors import EvalError
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):  # type: ignore[no-untyped-def]
+            sized = next((x for x in (left, right) if isinstance(x, (str, list, tuple))), None)
+            count = right if sized is left else left
+            if operator == "*" and sized is not None and isinstance(count, int) and len(sized) * count > CHAT_LIMIT:
+                raise SecurityError("the template repeats a value past the prompt's size limit")
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+                raise SecurityError("the template raises to a power above 64")
+            return super().call_binop(context, operator, left, right)
+
+    def timeout(*_: object) -> None:
+        raise TimeoutError(f"rendering took over {CHAT_SECONDS} s")
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True)
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.setitimer(signal.ITIMER_REAL, CHAT_SECONDS)
     try:
-        return env.from_string(template).render(messages=[{"role": "user", "content": message}],
-                                                add_generation_prompt=True)
-    except (TemplateError, RecursionError, MemoryError) as e:
+        out, size = [], 0
+        for chunk in env.from_string(template).generate(messages=[{"role": "user", "content": message}],
+                                                        add_generation_prompt=True):
+            size += len(chunk)
+            if size > CHAT_LIMIT:
+                raise SecurityError(f"the rendered prompt passes {CHAT_LIMIT} characters")
+            out.append(chunk)
+        return "".join(out)
+    except (TemplateError, RecursionError, MemoryError, OverflowError, TimeoutError, TypeError, ValueError) as e:
         raise EvalError(f"the model's chat template cannot be rendered safely: {type(e).__name__}: {str(e)[:200]}",
                         hint="use --prompt with your own text; the template may try to reach Python internals") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse_set(items: list[str]) -> dict:
-    import yaml
-
     from ..errors import TrainError
+    from ..safeio import load_yaml
     top: dict = {}
     for it in items:
         key, sep, val = it.partition("=")
@@ -43,7 +42,9 @@ def _parse_set(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(val)
+            if not isinstance(node, dict):
+                raise TrainError(f"--set {key[:60]!r}: '{p}' was set to a value, not a section")
+        node[leaf] = load_yaml(val, f"--set {key[:60]}", TrainError)
     return top
 
 
@@ -62,9 +63,11 @@ def _main(argv: list[str] | None) -> int:
     from ..errors import TrainError
     from ..training.export import export
     from ..training.recipe import load_recipe
-    from ..training.train import Trainer
+    from ..training.train import Trainer, verify_checkpoint
     over = _parse_set(args.set)
     qat_over = over.pop("qat", {})
+    if not isinstance(qat_over, dict):
+        raise TrainError("--set qat=... must set keys inside it", hint="e.g. --set qat.bits=[4,3]")
     cfg = load_recipe(args.recipe, {**over, "steps": args.steps})
     if qat_over:
         import dataclasses
@@ -72,6 +75,8 @@ def _main(argv: list[str] | None) -> int:
                                         "qat": {**_qat_dict(dataclasses.asdict(cfg.qat)), **qat_over}})
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise TrainError(f"{args.out} holds a checkpoint", hint="add --resume to continue it, or pick another -o")
+    if args.resume:
+        verify_checkpoint(args.out)  # before the model loads: a damaged checkpoint is refused at once
     step(f"loading {cfg.model} and tokenizing {len(cfg.data) or 1} text source(s)")
     tr = Trainer(cfg, args.out, on_log=lambda r: out.print(json.dumps(r), highlight=False))
     if args.resume:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -45,6 +47,9 @@ def setup_threads(threads: int | None = None) -> int:
     return n
 
 
+INTERNAL = 3  # a bug in cllm, not bad input (which exits 2)
+
+
 def run_cli(main: Callable[[], int]) -> int:
     """Run a CLI body; turn cllm errors into one clear line and a non-zero exit."""
     try:
@@ -65,6 +70,20 @@ def run_cli(main: Callable[[], int]) -> int:
             return 2
         console.print(f"[bold red]error:[/] {plain(str(e))}")
         return 2
+    except (MemoryError, RecursionError) as e:
+        console.print(f"[bold red]error:[/] out of {'memory' if isinstance(e, MemoryError) else 'stack'} "
+                      "(an input is larger or deeper than cllm can hold)", highlight=False)
+        console.print("[yellow]hint:[/] check the input files; this is a cllm bug if they are ordinary", highlight=False)
+        return INTERNAL
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, said in one line, not a traceback
+        if os.environ.get("CLLM_DEBUG"):
+            raise
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        console.print(f"[bold red]error:[/] internal error {type(e).__name__}: {plain(' '.join(str(e).split())[:200])} "
+                      f"(at {plain(Path(where.filename).name)}:{where.lineno})", highlight=False, soft_wrap=True)
+        console.print("[yellow]hint:[/] this is a cllm bug; please report it with the command line "
+                      "(CLLM_DEBUG=1 shows the traceback)", highlight=False)
+        return INTERNAL
 
 
 def plain(text: str) -> str:

@@ -123,7 +123,8 @@ def _compile_report(artifact: Path) -> dict[str, Any]:
     if not (artifact / "model.cllm").is_file() or not path.is_file():
         raise LoadError(f"{artifact} is not a cllm artifact folder (no model.cllm / report.json)",
                         hint="give a folder written by cllm-compile")
-    doc = json.loads(path.read_text())
+    from ..safeio import read_json
+    doc = read_json(path, 64 << 20, inside=artifact)
     doc.pop("validation", None)
     return doc
 

@@ -36,13 +36,14 @@ class ValidateOptions:
 def not_run_here(folder: Path, target: Target) -> str:
     """Why the artifact's TVM package is not run on this machine (it would die there, or it is
     for another machine altogether)."""
-    import json
     import platform
 
     from ..backends.tvm_backend import PACKAGE_DIR, host_missing_isa
+    from ..errors import CllmError
+    from ..safeio import read_json
     try:
-        man = json.loads((folder / PACKAGE_DIR / "tvm.json").read_text())
-    except (OSError, ValueError):
+        man = read_json(folder / PACKAGE_DIR / "tvm.json", inside=folder)
+    except CllmError:
         return f"no readable TVM package in {folder / PACKAGE_DIR}"
     lacks = host_missing_isa(man) if man.get("tvm_target", {}).get("kind") == "llvm" else []
     if lacks and man.get("built_on") == platform.machine():
