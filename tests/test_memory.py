@@ -30,29 +30,32 @@ sys.exit(rc)
 
 
 def _write_safetensors(path, names):
-    """Stream a safetensors file tensor by tensor (save_file would hold all 4 GiB)."""
-    nbytes = DIM * DIM * 4
+    """Stream a safetensors file tensor by tensor (save_file would hold all 4 GiB). Norms (names
+    ending in "norm.weight") are [DIM] ones, every other tensor [DIM, DIM]."""
+    shape = {n: [DIM] if n.endswith("norm.weight") else [DIM, DIM] for n in names}
     header, off = {}, 0
     for n in names:
-        header[n] = {"dtype": "F32", "shape": [DIM, DIM], "data_offsets": [off, off + nbytes]}
+        nbytes = 4 * DIM * (DIM if len(shape[n]) == 2 else 1)
+        header[n] = {"dtype": "F32", "shape": shape[n], "data_offsets": [off, off + nbytes]}
         off += nbytes
     h = json.dumps(header).encode()
     h += b" " * ((-len(h)) % 8)
     g = torch.Generator().manual_seed(0)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h)
-        for _ in names:
-            f.write((torch.randn(DIM, DIM, generator=g) * 0.02).numpy().tobytes())
+        for n in names:
+            t = torch.ones(DIM) if len(shape[n]) == 1 else torch.randn(DIM, DIM, generator=g) * 0.02
+            f.write(t.numpy().tobytes())
 
 
 def test_four_gib_checkpoint_streams(tmp_path):
     src = tmp_path / "synth"
     src.mkdir()
     layers = 2
-    names = ["model.embed_tokens.weight", "lm_head.weight"] + [
+    names = ["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"] + [
         f"model.layers.{i}.{m}.weight" for i in range(layers)
         for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")]
     (src / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "vocab_size": DIM, "hidden_size": DIM, "intermediate_size": DIM,
         "num_hidden_layers": layers, "num_attention_heads": 64, "num_key_value_heads": 64,
