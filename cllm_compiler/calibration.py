@@ -41,14 +41,15 @@ class Calibration:
     tokens: int = 0
     alias: dict[str, str] = field(default_factory=dict)  # e.g. tied embedding -> lm_head
 
-    def observe(self, name: str, x: torch.Tensor) -> None:
+    def observe(self, name: str, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add rows `x` [tokens, in]; `weight` [tokens] scales each token's share of H."""
         if input_key(name) != name:
             return
         x = x.to(torch.float32)
         if name not in self.hessian:
             self.hessian[name] = torch.zeros(x.shape[1], x.shape[1])
             self.absmean[name] = torch.zeros(x.shape[1])
-        self.hessian[name].addmm_(x.T, x)
+        self.hessian[name].addmm_((x * weight[:, None]).T if weight is not None else x.T, x)
         # absmean holds sums until `finish` divides by the token count
         self.absmean[name] += x.abs().sum(0)
 
@@ -88,7 +89,8 @@ class Calibration:
         return self.input_energy(name).sqrt()
 
     def output_sq_error(self, name: str, delta: torch.Tensor) -> float:
-        """sum over calibration tokens of ||delta @ x||^2 = tr(delta H delta^T), without the tokens."""
+        """sum over calibration tokens of w_t ||delta @ x_t||^2 = tr(delta H delta^T), without the
+        tokens (w_t: each sequence's first token, the attention sink, weighs calibrate's sink=)."""
         H = self.H(name)
         total = 0.0
         for r in range(0, delta.shape[0], 4096):

@@ -61,6 +61,8 @@ class CalibratePass(Pass):
         Param("seqlen", int, 512, "tokens per calibration sequence", check=lambda n: n >= 2),
         Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
         Param("cache", str, "", "a calibration.safetensors (or folder holding one) to reuse when it matches"),
+        Param("sink", float, 16.0, "weight in H of each sequence's first token, the attention sink every later token "
+              "reads (1 = plain GPTQ; see bench/README.md, GPTQ vs RTN)", check=lambda a: 1.0 <= a <= 1e4),
     )
     provides = frozenset({"calibrated"})
     default_match = "all"
@@ -70,7 +72,7 @@ class CalibratePass(Pass):
         stats = PassStats(self.spec())
         text, text_sha = calibration_text(self.args["data"])
         key = {"model": self.ctx.model_sha256 or _weights_fingerprint(model), "text": text_sha,
-               "tokens": self.args["tokens"], "seqlen": self.args["seqlen"]}
+               "tokens": self.args["tokens"], "seqlen": self.args["seqlen"], "sink": self.args["sink"]}
         cal = self._cached(key)
         if cal is None:
             cal = self._collect(model, text, key)
@@ -99,9 +101,10 @@ class CalibratePass(Pass):
             raise PassError("the tokenizer yields ids beyond the embedding table", hint="tokenizer/model mismatch")
         batch = sample(ids, self.args["tokens"], min(self.args["seqlen"], model.config.max_position_embeddings))
         cal = Calibration(key)
+        sink = sink_weights(batch.shape[1], self.args["sink"])
 
         def hook(name: str, x: torch.Tensor) -> None:
-            cal.observe(name, x)
+            cal.observe(name, x, sink.repeat(x.shape[0] // sink.numel()))
             if self.on_tensor is not None and name.endswith("q_proj.weight"):
                 self.on_tensor(name)
         layerwise.run(model, batch, hook)
@@ -112,6 +115,17 @@ class CalibratePass(Pass):
 
     def count(self, model: Model) -> int:
         return model.config.num_layers
+
+
+def sink_weights(seqlen: int, sink: float) -> torch.Tensor:
+    """Per-position weights of one calibration sequence in H: the first position carries `sink`.
+    Every window's first token becomes the model's attention sink (massive activations; all later
+    tokens attend to it), so an error in its keys and values reaches every token, yet it is one
+    row of H in `seqlen`: unweighted, GPTQ trades its error away for the bulk's and loses to RTN
+    end to end although every layer's output error falls 3-4x (bench/gptq_diag.py)."""
+    w = torch.ones(seqlen)
+    w[0] = sink
+    return w
 
 
 def _weights_fingerprint(model: Model) -> str:
