@@ -1,5 +1,6 @@
 """GPTQ vs RTN end to end on SmolLM2 (issue 19): the same int4 grid, the calibration Hessian with
-each sequence's first token (the attention sink) weighted by alpha, KLD against the float model on
+each sequence's first token (the attention sink) weighted by alpha (calibrate's sink= is
+alpha / seqlen), KLD against the float model on
 WikiText-2 test windows (evaluation only: calibration is on Moby-Dick).
 
   python bench/gptq_sink.py --alphas 1,4,16,64 --mode dyn      # min-max groups fitted while rounding
@@ -42,7 +43,7 @@ def hessians(model, batch: torch.Tensor, alphas: list[float]) -> dict[float, dic
             return
         x = x.float()
         for a in alphas:
-            w = sink_weights(batch.shape[1], a).repeat(x.shape[0] // batch.shape[1])
+            w = sink_weights(batch.shape[1], a / batch.shape[1]).repeat(x.shape[0] // batch.shape[1])
             h = (x * w[:, None]).T @ x
             hs[a][name] = hs[a][name] + h if name in hs[a] else h
     layerwise.run(model, batch, hook)

@@ -52,6 +52,9 @@ def sample(ids: torch.Tensor, tokens: int, seqlen: int) -> torch.Tensor:
     return torch.stack([ids[s:s + seqlen] for s in starts])
 
 
+SINK = 1 / 32  # the first token's weight in H per token of its sequence (bench/gptq_sink.py)
+
+
 @register_pass
 class CalibratePass(Pass):
     name = "calibrate"
@@ -61,8 +64,9 @@ class CalibratePass(Pass):
         Param("seqlen", int, 512, "tokens per calibration sequence", check=lambda n: n >= 2),
         Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
         Param("cache", str, "", "a calibration.safetensors (or folder holding one) to reuse when it matches"),
-        Param("sink", float, 16.0, "weight in H of each sequence's first token, the attention sink every later token "
-              "reads (1 = plain GPTQ; see bench/README.md, GPTQ vs RTN)", check=lambda a: 1.0 <= a <= 1e4),
+        Param("sink", float, SINK, "weight in H of each sequence's first token (the attention sink every later token "
+              "reads), as a fraction of the sequence's length: 1/32 = 16 at 512 tokens; 0 = plain GPTQ",
+              check=lambda a: 0.0 <= a <= 1.0),
     )
     provides = frozenset({"calibrated"})
     default_match = "all"
@@ -117,14 +121,16 @@ class CalibratePass(Pass):
         return model.config.num_layers
 
 
-def sink_weights(seqlen: int, sink: float) -> torch.Tensor:
-    """Per-position weights of one calibration sequence in H: the first position carries `sink`.
+def sink_weights(seqlen: int, sink: float = 1 / 32) -> torch.Tensor:
+    """Per-position weights of one calibration sequence in H: the first position carries
+    max(1, sink x seqlen).
     Every window's first token becomes the model's attention sink (massive activations; all later
     tokens attend to it), so an error in its keys and values reaches every token, yet it is one
     row of H in `seqlen`: unweighted, GPTQ trades its error away for the bulk's and loses to RTN
-    end to end although every layer's output error falls 3-4x (bench/gptq_diag.py)."""
+    end to end although every layer's output error falls 3-4x (bench/gptq_diag.py). The weight
+    grows with the sequence: measured best near 16 at 512 tokens and 64 at 2048 (bench/README.md)."""
     w = torch.ones(seqlen)
-    w[0] = sink
+    w[0] = max(1.0, sink * seqlen)
     return w
 
 

@@ -55,14 +55,14 @@ def test_hessian_equals_direct_inputs(tiny_dir):
     assert cal.tokens == 512
     # each sequence's first token (the attention sink) weighs `sink` in H
     from cllm_compiler.passes.calibrate import sink_weights
-    wx = x * sink_weights(128, 16.0).repeat(4)[:, None]
+    wx = x * sink_weights(128).repeat(4)[:, None]
     assert torch.allclose(cal.H(name), wx.T @ x, rtol=1e-3, atol=1e-3 * float((wx.T @ x).abs().max()))
     assert torch.allclose(cal.mean_abs(name), x.abs().mean(0), rtol=1e-4, atol=1e-6)
     # k/v share q's input; up shares gate's
     assert cal.H("model.layers.0.self_attn.v_proj.weight") is cal.H("model.layers.0.self_attn.q_proj.weight")
     # output error identity: tr(D H D^T) = sum_t w_t ||D x_t||^2 (the sink token weighted)
     d = torch.randn(model.tensors[name].shape)
-    expect = float(((x @ d.T).pow(2).sum(1) * sink_weights(128, 16.0).repeat(4)).sum())
+    expect = float(((x @ d.T).pow(2).sum(1) * sink_weights(128).repeat(4)).sum())
     assert cal.output_sq_error(name, d) == pytest.approx(expect, rel=1e-3)
 
 
