@@ -46,6 +46,7 @@ def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow  # ~17 s: two allocator runs in worker processes
 def test_parallel_candidates_give_the_same_bytes(tiny_dir, tmp_path):
     """Forked workers simulate candidates; the artifact must not depend on how many."""
     pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "3.5")

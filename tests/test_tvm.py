@@ -416,6 +416,7 @@ np.save(sys.argv[2], np.concatenate(out))
 """
 
 
+@pytest.mark.slow  # ~30 s under qemu; the kernel-level qemu checks stay in the default suite
 @needs_qemu_x86
 def test_avx2_package_runs_on_an_emulated_avx2_only_cpu(tiny_dir, tmp_path, monkeypatch):
     """A whole x86-avx2 package (int8-activation decode on) loaded by cllm's runner in Python on
