@@ -135,8 +135,12 @@ def test_gguf_guard_accepts_real_files(tmp_path):
     check_gguf(tmp_path / "m.gguf")
     shared = Path(__file__).parent.parent.parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
     from cllm_compiler.default_model import default_model_path
+    try:
+        candidates = [default_model_path(), shared]
+    except LoadError:  # the default model's package is not installed: the shared copy remains
+        candidates = [shared]
     checked = 0
-    for f in [default_model_path(), shared]:
+    for f in candidates:
         if f.exists():
             checked += 1
             check_gguf(f)  # real vocabularies (49k tokens + merges) and Q4_1/Q8_0 tensors pass
