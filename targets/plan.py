@@ -41,9 +41,11 @@ def _facts(target: Target) -> dict[str, Any]:
 def uniform_pipeline(target: Target, group: int, codec: str) -> tuple[str, float, float]:
     """(pipeline, nominal bits of a linear weight, of the embedding) for the backend's uniform plan."""
     if target.backend == "gguf":  # exact llama.cpp blocks: Q4_1 (fp16 scale + fp16 min) and Q8_0
-        return ("calibrate,gptq{bits=4,group=32,zero=float},quant{bits=8,group=32,sym=true,match=embed},entropy",
+        return ("calibrate,gptq{bits=4,group=32,zero=float},quant{bits=8,group=32,sym=true,match=embed|lm_head},entropy",
                 4 + 32 / 32, 8 + 16 / 32)
-    embed = f",quant{{bits=8,group={group},match=embed}}" if target.backend != "onnx" else ""
+    # the embedding and an untied output head (22% of a real model's weights) at 8 bits: left in
+    # f32 + zstd, a head made the artifact larger than its Q4_K_M source
+    embed = f",quant{{bits=8,group={group},match=embed|lm_head}}" if target.backend != "onnx" else ""
     # int4 codes + fp16 scale + 8-bit zero point per group
     return (f"calibrate,gptq{{bits=4,group={group}}}{embed},entropy{{codec={codec}}}", 4 + 24 / group,
             (8 + 24 / group) if embed else 4 + 24 / group)
@@ -85,5 +87,5 @@ def plan(target: Target, params: int, embed_params: int, kv_bytes_per_token: int
 
 def plan_for_model(target: Target, model: Any) -> Plan:
     c = model.config
-    embed = sum(n.numel for n in model if n.role == "embed")
+    embed = sum(n.numel for n in model if n.role in ("embed", "lm_head"))  # both take the embedding's format
     return plan(target, model.num_params, embed, 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2)
