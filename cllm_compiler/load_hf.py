@@ -74,7 +74,7 @@ def _first(v: Any) -> Any:
 
 def _shards(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
-    if index.exists() or index.is_symlink():
+    if os.path.lexists(index):
         wmap = read_json(index, SMALL * 4, inside=path).get("weight_map")
         if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
             raise LoadError(f"{index.name}: weight_map is not a mapping of tensor names to file names",
@@ -152,7 +152,7 @@ def _row_loader(file: Path, name: str, extent: tuple[int, int, torch.dtype, list
 
 def _tokenizer(path: Path) -> TokenizerSpec | None:
     tj = path / "tokenizer.json"
-    if not (tj.exists() or tj.is_symlink()):
+    if not os.path.lexists(tj):
         return None
     text = read_text(tj, TOKENIZER, inside=path)
     try:
@@ -162,7 +162,7 @@ def _tokenizer(path: Path) -> TokenizerSpec | None:
         raise LoadError(f"tokenizer.json is not a tokenizer the tokenizers library reads: {str(e)[:120]}",
                         hint="the file is damaged; copy it again from the model's source") from None
     tcfg = path / "tokenizer_config.json"
-    extra = read_json(tcfg, TOKENIZER, inside=path) if tcfg.exists() or tcfg.is_symlink() else {}
+    extra = read_json(tcfg, TOKENIZER, inside=path) if os.path.lexists(tcfg) else {}
     template = extra.get("chat_template")
     if isinstance(template, list):  # the older named-templates form
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
@@ -174,7 +174,7 @@ def _tokenizer(path: Path) -> TokenizerSpec | None:
 
 def load_hf_dir(path: Path) -> Model:
     from safetensors import SafetensorError, safe_open
-    if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
+    if not os.path.lexists(path / "config.json"):
         raise LoadError(f"{path} has no config.json", hint="pass a Hugging Face model folder or a .gguf file")
     config = config_from_hf(read_json(path / "config.json", SMALL, inside=path))
     model = Model(config, _tokenizer(path), source={"format": "safetensors"})

@@ -117,9 +117,10 @@ def gguf_bytes(kvs: list[bytes], tensors: list[tuple[str, list[int], bytes]], *,
 CLIS = ("compile", "eval", "run", "train", "inspect", "validate", "decode")
 
 
-def _rss_kib() -> int:
+def status_kib(field: str) -> int:
+    """A KiB figure of this process from /proc/self/status (VmRSS, VmSize, ...)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
@@ -127,8 +128,7 @@ def _rss_kib() -> int:
 def _child(case: dict[str, Any], out: Path) -> None:
     import importlib
     soft = resource.getrlimit(resource.RLIMIT_AS)
-    vm = int(next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmSize:")))
-    resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (1 << 30), soft[1]))
+    resource.setrlimit(resource.RLIMIT_AS, ((status_kib("VmSize") << 10) + (1 << 30), soft[1]))
     signal_alarm(case.get("limit_s", 10))
     fd_out = os.open(out / "stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     fd_err = os.open(out / "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -165,7 +165,7 @@ def run_cases(cases: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
     for i, case in enumerate(cases):
         out = work / f"case{i}"
         out.mkdir(parents=True, exist_ok=True)
-        base = _rss_kib()
+        base = status_kib("VmRSS")
         t0 = time.perf_counter()
         pid = os.fork()
         if pid == 0:

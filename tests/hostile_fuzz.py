@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tests.hostile import ARR, STR, U32, U64, _s, gguf_bytes, kv, micro_gguf_parts, micro_hf
+from tests.hostile import ARR, STR, U32, U64, _s, gguf_bytes, kv, micro_gguf_parts, micro_hf, status_kib
 
 LIMIT_S = 5
 JSON_VALUES: list[Any] = [None, True, False, -1, 0, 1, 2, 3, 7, 16, 31, 10**9, 10**30, 0.5, -0.0, 32.0, "x", "", [],
@@ -185,8 +185,7 @@ def run(seed: int, n: int, work: Path) -> dict[str, Any]:
     from cllm_compiler.reprs import Dense
     from cllm_compiler.training.recipe import load_recipe as load_train_recipe
     base = micro_hf(work / "base")
-    vm = int(next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmSize:")))
-    resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (2 << 30), resource.RLIM_INFINITY))  # a bomb fails here, fast
+    resource.setrlimit(resource.RLIMIT_AS, ((status_kib("VmSize") << 10) + (2 << 30), resource.RLIM_INFINITY))  # a bomb fails here, fast
     probe_node = TensorNode("model.layers.0.self_attn.q_proj.weight", (4, 4), Dense((4, 4), "f32", data=__import__("torch").zeros(4, 4)))
 
     def load_all(p: Path) -> None:

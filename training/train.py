@@ -124,8 +124,10 @@ class Trainer:
             old = self.ckpt_hash.read_text().split()[:1] if self.ckpt_hash.is_file() else []
             write_bytes(self.ckpt_hash, "\n".join([file_sha256(tmp), *old]).encode() + b"\n")
 
-    def resume(self) -> None:
-        verify_checkpoint(self.out)
+    def resume(self, verified: bool = False) -> None:
+        """Continue from OUT/checkpoint.pt; `verified`: the caller already checked its hash."""
+        if not verified:
+            verify_checkpoint(self.out)
         try:
             state = torch.load(self.ckpt, map_location=self.cfg.device, weights_only=True)
             recipe = state["recipe"]

@@ -80,7 +80,7 @@ def _main(argv: list[str] | None) -> int:
     step(f"loading {cfg.model} and tokenizing {len(cfg.data) or 1} text source(s)")
     tr = Trainer(cfg, args.out, on_log=lambda r: out.print(json.dumps(r), highlight=False))
     if args.resume:
-        tr.resume()
+        tr.resume(verified=True)  # hashed above, before the model loaded
         step(f"resumed at step {tr.step}")
     with progress() as p:
         task = p.add_task("training", total=cfg.steps, completed=tr.step)
