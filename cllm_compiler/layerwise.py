@@ -27,21 +27,43 @@ def _modules(arch: str):
     return getattr(mod, f"{p}DecoderLayer"), getattr(mod, f"{p}RotaryEmbedding"), getattr(mod, f"{p}RMSNorm")
 
 
-def _load(module: torch.nn.Module, model: Model, prefix: str) -> None:
-    sd = {k: model.tensors[prefix + k].rep.decode() for k in module.state_dict()}
-    module.load_state_dict(sd)
+# Gives a tensor's float32 weights by name (default: its current representation, decoded).
+Weights = Callable[[str], torch.Tensor]
+
+
+def _load(module: torch.nn.Module, model: Model, prefix: str, weights: Weights | None = None) -> None:
+    get = weights or (lambda name: model.tensors[name].rep.decode())
+    module.load_state_dict({k: get(prefix + k) for k in module.state_dict()})
+
+
+def layer(model: Model, index: int, weights: Weights | None = None) -> torch.nn.Module:
+    """Decoder layer `index` as a float32 HF module holding `weights` (eval mode)."""
+    from .backends.torch_ref import hf_config
+    cfg = hf_config(model.config)
+    cfg._attn_implementation = "sdpa"
+    module = _modules(model.config.arch)[0](cfg, index).eval()
+    _load(module, model, f"model.layers.{index}.", weights)
+    return module
 
 
 def layers(model: Model) -> Iterator[tuple[int, torch.nn.Module]]:
     """Each decoder layer as a float32 HF module holding its decoded weights (built on demand)."""
+    for i in range(model.config.num_layers):
+        yield i, layer(model, i)
+
+
+def embed(model: Model, ids: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
+    """Token embeddings [nseq, seqlen, hidden] of `ids` from `weights` (default: decoded)."""
+    name = "model.embed_tokens.weight"
+    return torch.nn.functional.embedding(ids, weights(name) if weights else model.tensors[name].rep.decode())
+
+
+def rotary(model: Model, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [1, seqlen, head_dim] for positions 0..seqlen-1, as the HF model computes them."""
     from .backends.torch_ref import hf_config
     cfg = hf_config(model.config)
-    cfg._attn_implementation = "sdpa"
-    layer_cls = _modules(model.config.arch)[0]
-    for i in range(model.config.num_layers):
-        layer = layer_cls(cfg, i).eval()
-        _load(layer, model, f"model.layers.{i}.")
-        yield i, layer
+    probe = torch.zeros(1, seqlen, model.config.hidden_size)
+    return _modules(model.config.arch)[1](cfg)(probe, torch.arange(seqlen)[None])
 
 
 def run(model: Model, ids: torch.Tensor, hook: InputHook | None = None,
@@ -49,14 +71,9 @@ def run(model: Model, ids: torch.Tensor, hook: InputHook | None = None,
     """Final-norm hidden states [nseq, seqlen, hidden] of `ids` [nseq, seqlen]; `hook` sees the
     input of every linear (and of lm_head) in execution order. Hidden states of all sequences are
     kept between layers, so memory is tokens x hidden floats plus one layer."""
-    from .backends.torch_ref import hf_config
-    _, rotary_cls, norm_cls = _modules(model.config.arch)
-    cfg = hf_config(model.config)
-    emb = model.tensors["model.embed_tokens.weight"].rep.decode()
-    h = torch.nn.functional.embedding(ids, emb)
-    del emb
-    pos = torch.arange(ids.shape[1])[None]
-    cos_sin = rotary_cls(cfg)(h[:1], pos)
+    norm_cls = _modules(model.config.arch)[2]
+    h = embed(model, ids)
+    cos_sin = rotary(model, ids.shape[1])
     with torch.no_grad():  # not inference_mode: hooks keep tensors that are updated later
         for i, layer in layers(model):
             handles = _attach(layer, i, hook) if hook else []

@@ -201,3 +201,16 @@ def test_error_printer_escapes_markup_and_control_chars(capsys):
     err = capsys.readouterr().err
     assert "/tmp/[/x]y[bold]" in err and "\x1b" not in err and "\\x1b[31mred" in err and "\x07" not in err
     assert err.count("\n") == 2
+
+
+def test_summary_says_why_an_artifact_is_larger_than_its_source():
+    """Issue 19: a compile never writes an artifact larger than its source without saying why."""
+    from cllm_compiler.cli.summary import larger_than_source
+    t = lambda name, bpw, n: {"name": name, "rep": "f32 + zstd", "bpw": bpw, "bits": bpw * n, "stored_bytes": bpw * n / 8}  # noqa: E731
+    rep = {"source_bytes": 1000, "artifact_bytes": 1400, "params": 1600,  # source: 5 bits/weight
+           "tensors": [t("lm_head.weight", 30.0, 200), t("model.layers.0.mlp.up_proj.weight", 4.2, 1000), t("norm", 32.0, 4)]}
+    msg = larger_than_source(rep)
+    assert msg and "larger than its source" in msg and "5.00 bits/weight" in msg
+    assert msg.index("lm_head.weight") < msg.index("norm (") and "up_proj" not in msg
+    assert larger_than_source({**rep, "artifact_bytes": 900}) is None
+    assert larger_than_source({**rep, "source_bytes": None}) is None

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", type=float, metavar="BPW",
                     help="bits/weight of the whole file: per-tensor bits chosen by the allocator "
                          "(uses the pipeline's allocate pass, or a calibrate+allocate+GPTQ pipeline)")
+    ap.add_argument("--reconstruct", action="store_true",
+                    help="train each decoder layer's quantized grid to reproduce the float layer (the reconstruct "
+                         "pass, block-wise, before entropy coding; minutes per layer on a CPU)")
     ap.add_argument("-o", "--out", type=Path, help="artifact folder (default: out/<model>-<target>)")
     ap.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     ap.add_argument("--eval-windows", type=int, default=4, metavar="N",
@@ -207,10 +210,19 @@ def _passes(args: argparse.Namespace, target: Any, source: Any) -> tuple[list, d
     else:
         from ..targets.plan import plan_for_model
         plan = plan_for_model(target, source()).as_dict()
-        return parse_pipeline(plan["pipeline"]), plan
+        passes = parse_pipeline(plan["pipeline"])
+        return (with_reconstruct(passes) if args.reconstruct else passes), plan
     if args.budget is not None:
         apply_budget(passes, args.budget)
-    return passes, None
+    return with_reconstruct(passes) if args.reconstruct else passes, None
+
+
+def with_reconstruct(passes: list) -> list:
+    """`passes` with a default `reconstruct` before the first lossless pass (entropy coding)."""
+    if any(p.name == "reconstruct" for p in passes):
+        return passes
+    at = next((i for i, p in enumerate(passes) if p.lossless), len(passes))
+    return passes[:at] + [PASSES["reconstruct"]()] + passes[at:]
 
 
 def _compile_one(args: argparse.Namespace, model_path: Path, target: Any, passes: list, plan: dict | None,

@@ -34,6 +34,21 @@ def estimate_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def larger_than_source(report: dict[str, Any]) -> str | None:
+    """Why the artifact came out larger than the file it was compiled from (None when it did not):
+    the source's rate and the tensors that take the most bytes above it (issue 19)."""
+    src, size, params = report.get("source_bytes"), report["artifact_bytes"], report["params"]
+    if not src or size <= src:
+        return None
+    rate = src * 8 / params
+    over = sorted((t for t in report.get("tensors", []) if t.get("bpw", 0) > rate),
+                  key=lambda t: -t.get("stored_bytes", t["bits"] / 8))
+    worst = ", ".join(f"{t['name']} ({t['rep']}, {t['bpw']:.2f} bits/weight)" for t in over[:3])
+    why = f"these tensors are stored above that rate: {worst}" if over else "headers and per-tensor metadata"
+    return (f"the artifact ({_mb(size)}) is larger than its source ({_mb(src)}, {rate:.2f} bits/weight): {why}; "
+            "quantize them in the pipeline (e.g. match=embed|lm_head) or give --budget")
+
+
 def print_summary(report: dict[str, Any], folder: Path) -> None:
     params = report["params"]
     t = Table(title=f"cllm: {folder}  (target {report['target']})", show_header=True)
@@ -70,6 +85,9 @@ def print_summary(report: dict[str, Any], folder: Path) -> None:
         t.add_row(label, "", value)
     out.print(t)
     out.print(f"[dim]pipeline: {report['pipeline']}[/]", highlight=False)
+    larger = larger_than_source(report)
+    if larger:
+        out.print(f"[yellow]note:[/] {larger}", highlight=False, soft_wrap=True)
     if isinstance(low, dict):
         types = ", ".join(f"{k} x{v}" for k, v in low.get("tensor_types", {}).items())
         out.print(f"[dim]{low.get('file', '?')}: {types}; runtime: {low.get('runtime', '?')}[/]", highlight=False)
