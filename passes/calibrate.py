@@ -52,6 +52,17 @@ def sample(ids: torch.Tensor, tokens: int, seqlen: int) -> torch.Tensor:
     return torch.stack([ids[s:s + seqlen] for s in starts])
 
 
+def windows(model: Model, text: str, tokens: int, seqlen: int) -> torch.Tensor:
+    """`text` tokenized by the model's own tokenizer, as `sample`'s [n, seqlen] windows."""
+    if model.tokenizer is None:
+        raise PassError("the model has no tokenizer, so calibration text cannot be tokenized",
+                        hint="give a model folder with tokenizer.json or a GGUF with its vocab")
+    ids = torch.tensor(model.tokenizer.load().encode(text, add_special_tokens=False).ids, dtype=torch.long)
+    if ids.numel() and int(ids.max()) >= model.config.vocab_size:
+        raise PassError("the tokenizer yields ids beyond the embedding table", hint="tokenizer/model mismatch")
+    return sample(ids, tokens, min(seqlen, model.config.max_position_embeddings))
+
+
 SINK = 1 / 32  # the first token's weight in H per token of its sequence (bench/gptq_sink.py)
 
 
@@ -97,13 +108,7 @@ class CalibratePass(Pass):
         return None
 
     def _collect(self, model: Model, text: str, key: dict) -> Calibration:
-        if model.tokenizer is None:
-            raise PassError("the model has no tokenizer, so calibration text cannot be tokenized",
-                            hint="give a model folder with tokenizer.json or a GGUF with its vocab")
-        ids = torch.tensor(model.tokenizer.load().encode(text, add_special_tokens=False).ids, dtype=torch.long)
-        if ids.numel() and int(ids.max()) >= model.config.vocab_size:
-            raise PassError("the tokenizer yields ids beyond the embedding table", hint="tokenizer/model mismatch")
-        batch = sample(ids, self.args["tokens"], min(self.args["seqlen"], model.config.max_position_embeddings))
+        batch = windows(model, text, self.args["tokens"], self.args["seqlen"])
         cal = Calibration(key)
         sink = sink_weights(batch.shape[1], self.args["sink"])
 

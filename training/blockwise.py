@@ -32,7 +32,7 @@ from .fakequant import WeightQuantizer, f16_ste
 
 @dataclass(frozen=True)
 class BlockConfig:
-    steps: int = 200          # optimizer steps per block
+    steps: int = 60           # optimizer steps per block (200 measured worse end to end: bench/README.md)
     batch: int = 2            # sequences per step
     lr: float = 2e-5          # latent weights (codes="learn"; Adam)
     lr_scale: float = 3e-3    # log-scales and float mins (Adam)
