@@ -81,6 +81,7 @@ def test_training_that_does_not_help_keeps_the_starting_block():
     assert torch.equal(lin.weight, rep.decode())
 
 
+@pytest.mark.slow  # a compile with training (~10 s): the default suite keeps under 10 minutes
 def test_reconstruct_pass_in_a_compile(tiny_dir, tmp_path):
     """`quant,reconstruct,entropy` on a tiny Llama: trained layers' records are stored (scales
     differ from RTN's, codes the same with codes=keep) and the same flags give the same bytes."""
@@ -149,6 +150,7 @@ def test_resume_by_layer_gives_the_same_bytes(tiny_dir, tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.slow  # a compile with training (~10 s): the default suite keeps under 10 minutes
 def test_a_damaged_resume_file_is_refused(tiny_dir, tmp_path):
     from cllm_compiler.compiler import compile_model
     from cllm_compiler.pipeline import parse_pipeline
@@ -170,6 +172,7 @@ def test_a_damaged_resume_file_is_refused(tiny_dir, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # a compile with training (~10 s): the default suite keeps under 10 minutes
 def test_budget_then_reconstruct_keeps_the_file_size(tiny_dir, tmp_path):
     """`allocate` simulates candidates without training (reconstruct keeps codes and sizes), and
     the trained artifact still meets the budget the allocator planned for."""

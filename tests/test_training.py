@@ -248,6 +248,7 @@ def test_training_with_kv_cache_quantization_changes_attention(tiny_dir):
     assert m.config._attn_implementation == "cllm_kvq" and 1e-4 < (kvq - plain).abs().max() < 1.0
 
 
+@pytest.mark.slow  # ~20 s: the default suite keeps under 10 minutes
 def test_e1_experiment_script_runs_end_to_end_in_smoke_mode(tiny_dir, tmp_path):
     """bench/qat_e1.py needs a GPU for real runs; its whole flow (PTQ baselines, cllm-train, export,
     compile, scoring at equal bytes) runs here on the tiny model in ~30 s."""
