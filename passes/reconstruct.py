@@ -3,9 +3,9 @@
 One decoder layer at a time (training/blockwise.py): its inputs come from the layers before it
 as already compressed (the model as it will run), its target is the float layer's output —
 on the float model's own inputs (`target=float`, which also undoes error carried in from earlier
-layers) or on the same compressed inputs (`target=same`). Latent weights and LSQ scales train
-through straight-through estimators onto the exact stored grid, so the artifact computes what
-training computed. Tensors in other formats (codebooks, low-rank, N:M) stay as they are and are
+layers) or on the same compressed inputs (`target=same`). By default the stored codes stay and
+the fp16 scales/mins and norms train (`codes=learn`: straight-through latent weights too), always
+on the exact stored grid, so the artifact computes what training computed. Tensors in other formats (codebooks, low-rank, N:M) stay as they are and are
 part of the block the trained ones learn around.
 
     calibrate,gptq{bits=3},quant{bits=8,match=embed|lm_head},reconstruct,entropy
@@ -72,10 +72,10 @@ class ReconstructPass(Pass):
             return stats
         a = self.args
         ids, text_sha = self._ids(model)
-        self.cache = LayerCache(Path(a["resume"]), self._key(model, text_sha)) if a["resume"] else None
+        cache = LayerCache(Path(a["resume"]), self._key(model, text_sha)) if a["resume"] else None
         cfg = BlockConfig(steps=a["steps"], batch=a["batch"], lr=a["lr"], lr_scale=a["lr_scale"],
                           lr_norm=a["lr_norm"], codes=a["codes"], holdout=a["holdout"])
-        results = self._layers(model, ids, cfg, stats)
+        results = self._layers(model, ids, cfg, stats, cache)
         trained = sum(r.trained for r in results)
         gain = [r.loss_after / r.loss_before for r in results if r.loss_before > 0]
         stats.notes.append(f"{trained}/{len(results)} layers improved on held-out sequences; output error x"
@@ -94,7 +94,8 @@ class ReconstructPass(Pass):
         text, text_sha = calibration_text(self.args["data"])
         return windows(model, text, self.args["tokens"], self.args["seqlen"]), text_sha
 
-    def _layers(self, model: Model, ids: torch.Tensor, cfg: BlockConfig, stats: PassStats) -> list[BlockResult]:
+    def _layers(self, model: Model, ids: torch.Tensor, cfg: BlockConfig, stats: PassStats,
+                cache: LayerCache | None) -> list[BlockResult]:
         same = self.args["target"] == "same"
         cos_sin = layerwise.rotary(model, ids.shape[1])
         hq = layerwise.embed(model, ids)
@@ -113,17 +114,18 @@ class ReconstructPass(Pass):
             if linears:
                 norms = {f"{prefix}{k}": p for k, p in blk.named_parameters()  # norms stored plainly train too
                          if k.endswith("layernorm.weight") and isinstance(model.tensors[f"{prefix}{k}"].rep, Dense)}
-                done = self.cache.load(i, reps, norms) if self.cache else None
-                if done is None:
+                done = cache.load(i, reps, norms) if cache else None
+                if done is None:  # train_block leaves the block holding what it keeps
                     floats = {name: self.ctx.original(model.tensors[name]) for name in linears}
                     done = train_block(blk, lambda x: blk(x, position_embeddings=cos_sin), linears, reps,
                                        floats, norms, hq, target, cfg)
-                    if self.cache:
-                        self.cache.save(i, *done)
+                    if cache:
+                        cache.save(i, *done)
+                else:
+                    with torch.no_grad():
+                        for name, lin in linears.items():
+                            lin.weight.copy_(done[0][name].decode())
                 keep, keep_norms, res = done
-                with torch.no_grad():
-                    for name, lin in linears.items():
-                        lin.weight.copy_(keep[name].decode())
                 results.append(res)
                 for name, rep in keep.items():
                     model.tensors[name].rep = rep
