@@ -4,6 +4,8 @@ This is the ground truth every other backend is compared against (CPU, float32).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..errors import EvalError
@@ -32,8 +34,9 @@ def hf_config(cfg: ModelConfig):
     return cls(**kw)
 
 
-def build_torch_model(model: Model) -> torch.nn.Module:
-    """A transformers causal LM holding the IR's decoded weights (float32, eval mode)."""
+def build_torch_model(model: Model, weights: Callable[[str], torch.Tensor] | None = None) -> torch.nn.Module:
+    """A transformers causal LM holding the IR's decoded weights (float32, eval mode), or those
+    `weights` gives by tensor name (e.g. the source weights, for a float teacher)."""
     from transformers import AutoModelForCausalLM
     config = hf_config(model.config)
     config._attn_implementation = "sdpa"
@@ -41,7 +44,7 @@ def build_torch_model(model: Model) -> torch.nn.Module:
         net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     sd = {}
     for node in model:
-        sd[node.name] = node.rep.decode()
+        sd[node.name] = weights(node.name) if weights else node.rep.decode()
     missing, unexpected = net.load_state_dict(sd, strict=False)
     allowed = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if unexpected or set(missing) - allowed:

@@ -70,6 +70,7 @@ class PassContext:
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipeline: list["Pass"] = field(default_factory=list)  # set by the pass manager
     simulating: bool = False  # the allocator is trying a candidate: skip quality statistics
+    texts: dict[tuple, Any] = field(default_factory=dict)  # tokenized training/calibration text, by spec
 
     _last: tuple[str, torch.Tensor] | None = None
 
@@ -211,6 +212,10 @@ class Pass:
     def local(self) -> bool:
         """True when the pass works tensor by tensor (so the manager may stream the model)."""
         return type(self).run is Pass.run
+
+    def prepare(self, model: Model) -> None:
+        """Check what this pass will read (its text, its resume folder) once the model is loaded
+        and before any pass works, so that bad input is refused before hours of compute."""
 
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())

@@ -74,8 +74,14 @@ class PassManager:
 
     def run(self, model: Model) -> list[PassStats]:
         """Run each pass over the whole model, one pass after another."""
-        self.ctx.capture(model)
+        self.prepare(model)
         return [self._run_one(p, model) for p in self.passes]
+
+    def prepare(self, model: Model) -> None:
+        """Keep the source weights, then let every pass check its inputs before any works."""
+        self.ctx.capture(model)
+        for p in self.passes:
+            p.prepare(model)
 
     def _run_one(self, p: Pass, model: Model) -> PassStats:
         for ins in self.instruments:
@@ -101,7 +107,7 @@ class PassManager:
         `results` receives one PassStats per pass; instruments see every pass start before
         the first tensor and end after the last.
         """
-        self.ctx.capture(model)
+        self.prepare(model)
         analysis = [p for p in self.passes if p.analysis]
         transforms = self.passes[len(analysis):]
         results.extend(self._run_one(p, model) for p in analysis)

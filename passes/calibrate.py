@@ -52,15 +52,37 @@ def sample(ids: torch.Tensor, tokens: int, seqlen: int) -> torch.Tensor:
     return torch.stack([ids[s:s + seqlen] for s in starts])
 
 
-def windows(model: Model, text: str, tokens: int, seqlen: int) -> torch.Tensor:
-    """`text` tokenized by the model's own tokenizer, as `sample`'s [n, seqlen] windows."""
+def token_ids(model: Model, text: str) -> torch.Tensor:
+    """`text` tokenized by the model's own tokenizer (ids checked against the embedding table)."""
     if model.tokenizer is None:
         raise PassError("the model has no tokenizer, so calibration text cannot be tokenized",
                         hint="give a model folder with tokenizer.json or a GGUF with its vocab")
     ids = torch.tensor(model.tokenizer.load().encode(text, add_special_tokens=False).ids, dtype=torch.long)
     if ids.numel() and int(ids.max()) >= model.config.vocab_size:
         raise PassError("the tokenizer yields ids beyond the embedding table", hint="tokenizer/model mismatch")
-    return sample(ids, tokens, min(seqlen, model.config.max_position_embeddings))
+    return ids
+
+
+def windows(model: Model, text: str, tokens: int, seqlen: int) -> torch.Tensor:
+    """`text` tokenized by the model's own tokenizer, as `sample`'s [n, seqlen] windows."""
+    return sample(token_ids(model, text), tokens, min(seqlen, model.config.max_position_embeddings))
+
+
+def prepared_windows(p: Pass, model: Model) -> tuple[torch.Tensor, str]:
+    """`p`'s text (its data, tokens and seqlen arguments) as windows, checked and tokenized once per
+    compile (kept in the pass context: calibrate and the training passes usually share it). Text
+    with fewer tokens than asked for is refused: its windows would repeat it, and a training pass
+    would learn (and judge itself on) the same few sentences."""
+    a = p.args
+    key = (a["data"], a["tokens"], a["seqlen"])
+    if key not in p.ctx.texts:
+        text, sha = calibration_text(a["data"])
+        ids = token_ids(model, text)
+        if ids.numel() < a["tokens"]:
+            raise PassError(f"{p.name}: the text '{a['data']}' has {ids.numel()} tokens, fewer than tokens={a['tokens']}",
+                            hint="give more text (data=FOLDER of .txt files, e.g. ../shared/data/train) or lower tokens=")
+        p.ctx.texts[key] = (sample(ids, a["tokens"], min(a["seqlen"], model.config.max_position_embeddings)), sha)
+    return p.ctx.texts[key]
 
 
 SINK = 1 / 32  # the first token's weight in H per token of its sequence (bench/gptq_sink.py)
@@ -85,12 +107,12 @@ class CalibratePass(Pass):
 
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())
-        text, text_sha = calibration_text(self.args["data"])
+        batch, text_sha = prepared_windows(self, model)
         key = {"model": self.ctx.model_sha256 or _weights_fingerprint(model), "text": text_sha,
                "tokens": self.args["tokens"], "seqlen": self.args["seqlen"], "sink": self.args["sink"]}
         cal = self._cached(key)
         if cal is None:
-            cal = self._collect(model, text, key)
+            cal = self._collect(model, batch, key)
             stats.notes.append(f"calibrated on {cal.tokens} tokens ({self.args['seqlen']}-token sequences)")
         else:
             stats.notes.append(f"calibration reused from cache ({cal.tokens} tokens)")
@@ -107,8 +129,10 @@ class CalibratePass(Pass):
                 return cal
         return None
 
-    def _collect(self, model: Model, text: str, key: dict) -> Calibration:
-        batch = windows(model, text, self.args["tokens"], self.args["seqlen"])
+    def prepare(self, model: Model) -> None:
+        prepared_windows(self, model)
+
+    def _collect(self, model: Model, batch: torch.Tensor, key: dict) -> Calibration:
         cal = Calibration(key)
         sink = sink_weights(batch.shape[1], self.args["sink"])
 

@@ -28,7 +28,7 @@ from ..reprs import DTYPES, Dense, Quantized
 from ..training.blockcache import LayerCache
 from ..training.blocktrain import train_block
 from ..training.blockwise import BlockConfig, BlockResult
-from .calibrate import DEFAULT_TEXT, _weights_fingerprint, calibration_text, windows
+from .calibrate import DEFAULT_TEXT, _weights_fingerprint, prepared_windows
 
 
 @register_pass
@@ -66,12 +66,18 @@ class ReconstructPass(Pass):
         keeps the codes and the file size, and only lowers the error, so a candidate is judged
         on the error it has without it."""
 
+    def prepare(self, model: Model) -> None:
+        """The text, and a resume folder left by a run with other settings, are refused here."""
+        _, text_sha = prepared_windows(self, model)
+        if self.args["resume"]:
+            LayerCache(Path(self.args["resume"]), self._key(model, text_sha)).check(model.config.num_layers)
+
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())
         if self.ctx.simulating or model.config.num_layers == 0:
             return stats
         a = self.args
-        ids, text_sha = self._ids(model)
+        ids, text_sha = prepared_windows(self, model)
         cache = LayerCache(Path(a["resume"]), self._key(model, text_sha)) if a["resume"] else None
         cfg = BlockConfig(steps=a["steps"], batch=a["batch"], lr=a["lr"], lr_scale=a["lr_scale"],
                           lr_norm=a["lr_norm"], codes=a["codes"], holdout=a["holdout"])
@@ -89,10 +95,6 @@ class ReconstructPass(Pass):
         specs[-1] = specs[-1].replace(f"resume={self.args['resume']}", "resume=")  # where it is kept is not what it is
         source = self.ctx.model_sha256 or _weights_fingerprint(model)  # a model built in memory has no file hash
         return json.dumps({"model": source, "pipeline": specs, "text": text_sha}, sort_keys=True)
-
-    def _ids(self, model: Model) -> tuple[torch.Tensor, str]:
-        text, text_sha = calibration_text(self.args["data"])
-        return windows(model, text, self.args["tokens"], self.args["seqlen"]), text_sha
 
     def _layers(self, model: Model, ids: torch.Tensor, cfg: BlockConfig, stats: PassStats,
                 cache: LayerCache | None) -> list[BlockResult]:

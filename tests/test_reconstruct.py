@@ -117,7 +117,8 @@ def test_reconstruct_refuses_too_little_text_before_work(tiny_dir, tmp_path):
 
 def test_resume_by_layer_gives_the_same_bytes(tiny_dir, tmp_path, monkeypatch):
     """A compile killed after layer 0 resumes from resume=DIR: only layer 1 trains, and the
-    artifact is byte for byte the uninterrupted one; other settings do not reuse the files."""
+    artifact is byte for byte the uninterrupted one; the folder resumed with other settings is
+    refused before any work, its files untouched."""
     from cllm_compiler.compiler import compile_model
     from cllm_compiler.passes import reconstruct
     from cllm_compiler.pipeline import parse_pipeline
@@ -146,8 +147,11 @@ def test_resume_by_layer_gives_the_same_bytes(tiny_dir, tmp_path, monkeypatch):
     assert len(calls) == 1  # layer 0 came from the resume folder
     assert (tmp_path / "part" / "model.cllm").read_bytes() == (tmp_path / "whole" / "model.cllm").read_bytes()
     calls[:] = []
-    run("other", tmp_path / "r2", steps=7)  # another pipeline: nothing reused
-    assert len(calls) == 2
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r2").iterdir()}
+    with pytest.raises(PassError, match="other pass settings"):  # resumed with other settings: refused before work
+        run("other", tmp_path / "r2", steps=7)
+    assert calls == [] and not (tmp_path / "other").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r2").iterdir()} == before
 
 
 @pytest.mark.slow  # a compile with training (~10 s): the default suite keeps under 10 minutes
@@ -188,10 +192,12 @@ def test_budget_then_reconstruct_keeps_the_file_size(tiny_dir, tmp_path):
     assert any("layers improved on held-out" in n for n in rep["notes"])
 
 
-def test_cli_reconstruct_flag_inserts_the_pass_before_entropy():
-    from cllm_compiler.cli.compile import with_reconstruct
+def test_cli_training_flags_insert_the_passes_before_entropy():
+    from cllm_compiler.cli.compile import with_training
     from cllm_compiler.pipeline import parse_pipeline
-    names = [p.name for p in with_reconstruct(parse_pipeline("calibrate,gptq{bits=3},quant{bits=8,match=embed},entropy"))]
+    names = [p.name for p in with_training(parse_pipeline("calibrate,gptq{bits=3},quant{bits=8,match=embed},entropy"), True)]
     assert names == ["calibrate", "gptq", "quant", "reconstruct", "entropy"]
-    again = with_reconstruct(parse_pipeline("quant{bits=4},reconstruct{steps=5}"))
-    assert [p.name for p in again] == ["quant", "reconstruct"] and again[1].args["steps"] == 5
+    both = with_training(parse_pipeline("calibrate,gptq{bits=3},entropy"), True, True)
+    assert [p.name for p in both] == ["calibrate", "gptq", "reconstruct", "distill", "entropy"]
+    again = with_training(parse_pipeline("quant{bits=4},reconstruct{steps=5}"), True, True)
+    assert [p.name for p in again] == ["quant", "reconstruct", "distill"] and again[1].args["steps"] == 5

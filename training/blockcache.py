@@ -2,9 +2,10 @@
 
 One safetensors file per finished layer (`layer007.safetensors`): each trained tensor's record
 (codes, fp16 scales, zero points or mins) and the layer's norm weights, with the key of what
-produced it (model hash, every pass up to `reconstruct`, the text's hash). A file with another
-key is ignored (and replaced when that layer finishes); one whose key matches but whose contents
-do not fit the model is refused. Writes are atomic; nothing else in the folder is touched.
+produced it (model hash, every pass up to `reconstruct`, the text's hash). A folder holding a
+file with another key (another model, pipeline or text: a run resumed with other settings) is
+refused before any work; one whose key matches but whose contents do not fit the model is
+refused when read. Writes are atomic; nothing else in the folder is touched.
 """
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ class LayerCache:
 
     def path(self, layer: int) -> Path:
         return self.folder / f"layer{layer:03d}.safetensors"
+
+    def check(self, layers: int) -> None:
+        """Refuse a folder that holds layers made by another run: resuming would mix two models."""
+        from safetensors import SafetensorError, safe_open
+        mine = json.loads(self.key)
+        for i in range(layers):
+            path = self.path(i)
+            if not path.exists():
+                continue
+            regular_file(path, what=f"resume file {path}", error=PassError)
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = parse_json((f.metadata() or {}).get("cllm", "{}"), f"resume file {path}", error=PassError)
+                theirs = parse_json(str(meta.get("key", "{}")), f"resume file {path}", error=PassError)
+            except (OSError, ValueError, SafetensorError) as e:
+                raise PassError(f"resume file {path} cannot be read ({e})",
+                                hint="give another resume= folder, or delete the damaged layer file") from None
+            differ = [k for k in ("model", "pipeline", "text") if not isinstance(theirs, dict) or theirs.get(k) != mine[k]]
+            if differ:
+                what = {"model": "another model", "pipeline": "other pass settings", "text": "another text"}
+                raise PassError(f"resume folder {self.folder} holds layers made from {', '.join(what[k] for k in differ)} "
+                                f"({path.name})", hint="give another resume= folder for these settings, or delete its "
+                                "layer*.safetensors to train from the start")
 
     def save(self, layer: int, keep: dict[str, Quantized], norms: dict[str, torch.Tensor], res: BlockResult) -> None:
         from safetensors.torch import save_file

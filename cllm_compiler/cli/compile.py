@@ -22,6 +22,7 @@ examples:
   cllm-compile hf_dir/ --pipeline "quant{bits=3,group=64},entropy{codec=zstd}" --eval-windows 8
   cllm-compile hf_dir/ --recipe recipe.yaml
   cllm-compile --budget 3.5                      # per-tensor bits chosen to fit 3.5 bits/weight on disk
+  cllm-compile --budget 3 --reconstruct --distill   # the same bytes, compression-aware trained (~30 min)
   cllm-compile -p "calibrate,gptq{bits=3,group=128},entropy"               # GPTQ
   cllm-compile -p "calibrate,codebook{bits=3},gptq,entropy{codec=rans}"    # SqueezeLLM-style LUTs + GPTQ
   cllm-compile -p "calibrate,nm{n=2,m=4,method=sparsegpt},quant{bits=4,group=64},gptq,entropy"
@@ -35,6 +36,7 @@ pipeline syntax: pass{key=value,...},pass,...   (see --list-passes)
   calibrate{tokens=16384,seqlen=512,data=moby-dick|FILE|DIR,sink=0.03125}   gptq{bits,group,act_order,damp}
   codebook{bits,d=1|2|4|8,stages,scope=row|tensor,group}   nm{n,m,sparsity,method=magnitude|wanda|sparsegpt}
   lowrank{mode=svd|correct,rank|energy|bpw,whiten}   allocate{budget,choices=bits=2|3|4;group=64|128}
+  reconstruct{tokens=8192,steps=60,codes=keep|learn,resume=DIR}   distill{tokens=32768,lr_scale,topk=64}
   match= takes roles joined by '|': linear attn mlp embed lm_head norm bias attn_q ... mlp_down
 """
 
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reconstruct", action="store_true",
                     help="train each decoder layer's quantized grid to reproduce the float layer (the reconstruct "
                          "pass, block-wise, before entropy coding; minutes per layer on a CPU)")
+    ap.add_argument("--distill", action="store_true",
+                    help="then distill the whole compressed model from the float one: scales and norms learn its "
+                         "logits (the distill pass, end to end, after reconstruct; ~15 min for 135M params on one core)")
     ap.add_argument("-o", "--out", type=Path, help="artifact folder (default: out/<model>-<target>)")
     ap.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     ap.add_argument("--eval-windows", type=int, default=4, metavar="N",
@@ -211,18 +216,19 @@ def _passes(args: argparse.Namespace, target: Any, source: Any) -> tuple[list, d
         from ..targets.plan import plan_for_model
         plan = plan_for_model(target, source()).as_dict()
         passes = parse_pipeline(plan["pipeline"])
-        return (with_reconstruct(passes) if args.reconstruct else passes), plan
+        return with_training(passes, args.reconstruct, args.distill), plan
     if args.budget is not None:
         apply_budget(passes, args.budget)
-    return with_reconstruct(passes) if args.reconstruct else passes, None
+    return with_training(passes, args.reconstruct, args.distill), None
 
 
-def with_reconstruct(passes: list) -> list:
-    """`passes` with a default `reconstruct` before the first lossless pass (entropy coding)."""
-    if any(p.name == "reconstruct" for p in passes):
-        return passes
+def with_training(passes: list, reconstruct: bool, distill: bool = False) -> list:
+    """`passes` with default `reconstruct` and/or `distill` passes (in that order) before the
+    first lossless pass (entropy coding), unless the pipeline already has them."""
+    have = {p.name for p in passes}
+    new = [PASSES[n]() for n, on in (("reconstruct", reconstruct), ("distill", distill)) if on and n not in have]
     at = next((i for i, p in enumerate(passes) if p.lossless), len(passes))
-    return passes[:at] + [PASSES["reconstruct"]()] + passes[at:]
+    return passes[:at] + new + passes[at:]
 
 
 def _compile_one(args: argparse.Namespace, model_path: Path, target: Any, passes: list, plan: dict | None,
