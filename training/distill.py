@@ -27,8 +27,8 @@ from .blockwise import FrozenCodes
 class DistillConfig:
     epochs: int = 1            # passes over the training sequences
     batch: int = 1             # sequences per step
-    lr_scale: float = 1e-3     # log-scales and float mins (Adam, cosine decay)
-    lr_norm: float = 1e-4      # RMSNorm weights (0: norms stay)
+    lr_scale: float = 3e-3     # log-scales and float mins (Adam, cosine decay)
+    lr_norm: float = 3e-4      # RMSNorm weights (0: norms stay)
     topk: int = 64             # teacher log-probabilities kept per token (plus the rest's mass)
     holdout: int = 2           # sequences kept out, to judge trained vs starting parameters
     seed: int = 0
