@@ -15,16 +15,16 @@ import time
 import torch
 
 from ..backends.torch_ref import build_torch_model
-from ..errors import PassError
 from ..ir import Model
-from ..passes_base import Param, Pass, PassStats, measure, register_pass
+from ..passes_base import Param, PassStats, measure, register_pass
 from ..reprs import DTYPES, Dense, Quantized
 from ..training.distill import DistillConfig, attach, detach, heldout_kl, optimize, teacher_targets, Targets
 from .calibrate import DEFAULT_TEXT, prepared_windows
+from .trainingpass import TrainingPass
 
 
 @register_pass
-class DistillPass(Pass):
+class DistillPass(TrainingPass):
     name = "distill"
     help = "end-to-end distillation: the quantized linears' fp16 scales/mins and the norms learn the float model's logits (KL)"
     params = (
@@ -42,19 +42,6 @@ class DistillPass(Pass):
         Param("holdout", int, 2, "sequences held out to judge trained vs starting parameters", check=lambda n: n >= 1),
     )
     default_match = "linear|lm_head"
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        a = self.args  # checked when the pipeline is read, before any work
-        if -(-a["tokens"] // a["seqlen"]) <= a["holdout"]:
-            raise PassError(f"distill: {a['tokens']} tokens make no more than holdout={a['holdout']} sequences of "
-                            f"{a['seqlen']}", hint="raise tokens= or lower seqlen= / holdout=")
-
-    def apply(self, node: object, stats: PassStats) -> None:
-        """One tensor alone (the allocator simulating a candidate): nothing to train."""
-
-    def prepare(self, model: Model) -> None:
-        prepared_windows(self, model)
 
     def count(self, model: Model) -> int:
         a = self.args

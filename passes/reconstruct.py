@@ -21,18 +21,18 @@ from pathlib import Path
 import torch
 
 from .. import layerwise
-from ..errors import PassError
 from ..ir import Model
-from ..passes_base import Param, Pass, PassStats, measure, register_pass
+from ..passes_base import Param, PassStats, measure, register_pass
 from ..reprs import DTYPES, Dense, Quantized
 from ..training.blockcache import LayerCache
 from ..training.blocktrain import train_block
 from ..training.blockwise import BlockConfig, BlockResult
 from .calibrate import DEFAULT_TEXT, _weights_fingerprint, prepared_windows
+from .trainingpass import TrainingPass
 
 
 @register_pass
-class ReconstructPass(Pass):
+class ReconstructPass(TrainingPass):
     name = "reconstruct"
     help = "block-wise training: each decoder layer's stored grid (scales, norms; codes=learn: codes too) learns the float layer"
     params = (
@@ -53,18 +53,6 @@ class ReconstructPass(Pass):
               "takes finished layers from it (the same bytes as an uninterrupted run)"),
     )
     default_match = "linear"
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        a = self.args  # checked when the pipeline is read, before any work
-        if -(-a["tokens"] // a["seqlen"]) <= a["holdout"]:
-            raise PassError(f"reconstruct: {a['tokens']} tokens make no more than holdout={a['holdout']} sequences of "
-                            f"{a['seqlen']}", hint="raise tokens= or lower seqlen= / holdout=")
-
-    def apply(self, node: object, stats: PassStats) -> None:
-        """One tensor alone (the allocator simulating a candidate): nothing to train. Training
-        keeps the codes and the file size, and only lowers the error, so a candidate is judged
-        on the error it has without it."""
 
     def prepare(self, model: Model) -> None:
         """The text, and a resume folder left by a run with other settings, are refused here."""
