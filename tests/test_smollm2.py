@@ -145,6 +145,7 @@ def smol_isa(smol_x86, tmp_path_factory, request):
     return out
 
 
+@pytest.mark.xdist_group("smol_x86")  # shares the module's compiled package: one worker builds it once
 def test_tvm_int8_decode_path_close_to_torch(smol_isa):
     """Generation (int8 activations: VNNI or AVX2) teacher-forced over 256 WikiText-2 tokens vs torch
     fp32 of the same weights. The realised int8 noise is chaotic (bench/int8_act_noise.py: inputs
@@ -177,6 +178,7 @@ def test_tvm_int8_decode_path_close_to_torch(smol_isa):
     assert float(kld) < 0.25 and int(ref[199].argmax()) in last[0].topk(3).indices.tolist()  # one token: measured 0.057
 
 
+@pytest.mark.xdist_group("smol_x86")  # shares the module's compiled package: one worker builds it once
 def test_headline_estimate_within_2x_of_measured(smol_isa):
     """Issue 18: the compile's speed estimate for this host (roofline with compute, 1 thread) and the
     measured decode speed of the package differ by less than 2x."""
@@ -199,6 +201,7 @@ def test_headline_estimate_within_2x_of_measured(smol_isa):
     assert 0.5 < est["value"] / measured < 2.0, (est, measured)
 
 
+@pytest.mark.xdist_group("smol_x86")  # shares the module's compiled package: one worker builds it once
 @pytest.mark.parametrize("fmt", ["int4-g128", "lut4-row"])
 def test_tvm_x86_matches_torch_on_512_wikitext_tokens(smol, smol_isa, tmp_path, fmt):
     """Issue 6 acceptance: the TVM build's logits vs the torch reference of the same IR on the first
@@ -218,6 +221,7 @@ def test_tvm_x86_matches_torch_on_512_wikitext_tokens(smol, smol_isa, tmp_path, 
     assert abs(q["ppl_device"] / q["ppl_torch"] - 1) < 0.005, q
 
 
+@pytest.mark.xdist_group("smol_x86")  # shares the module's compiled package: one worker builds it once
 def test_tvm_x86_generates_paris(smol_x86):
     import subprocess
     import sys
@@ -295,6 +299,7 @@ def test_onnx_int4_smollm2_matches_torch_on_512_tokens(smol, tmp_path):
     assert low["bits_per_weight"] < 5.3  # 4-bit codes + f32 scale (1 b) + 4-bit zero (0.125 b) per 32, + norms
 
 
+@pytest.mark.xdist_group("smol_x86")  # shares the module's compiled package: one worker builds it once
 def test_validate_report_for_smollm2_on_x86(smol_x86, tmp_path):
     """Issue 10 on the real model: cllm-validate --device local on the x86-avx512 plan's artifact
     writes a schema-valid report.json (20 interleaved latency repeats, ratio to llama.cpp on the
