@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "bench/results/e1_work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/e1")
     args = ap.parse_args()
+    from e1_report import write_report
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.out.with_suffix(".json")
     rows = json.loads(store.read_text())["rows"] if store.exists() else {}
@@ -154,9 +155,9 @@ def main() -> None:
         tmp = store.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         tmp.replace(store)  # each result lands whole: a killed run resumes after the last one
+        write_report(rows, args.out)  # the table and plot so far, as each result lands
         print(f"e1: {name}: {rows[name]['bpw']:.3f} bpw, dPPL {rows[name]['dppl']:+.1%}, KLD {rows[name]['kld']:.4f}, "
               f"{rows[name]['wall_s']:.0f} s", flush=True)
-    from e1_report import write_report
     write_report(rows, args.out)
 
 
