@@ -63,11 +63,6 @@ def token_ids(model: Model, text: str) -> torch.Tensor:
     return ids
 
 
-def windows(model: Model, text: str, tokens: int, seqlen: int) -> torch.Tensor:
-    """`text` tokenized by the model's own tokenizer, as `sample`'s [n, seqlen] windows."""
-    return sample(token_ids(model, text), tokens, min(seqlen, model.config.max_position_embeddings))
-
-
 def prepared_windows(p: Pass, model: Model) -> tuple[torch.Tensor, str]:
     """`p`'s text (its data, tokens and seqlen arguments) as windows, checked and tokenized once per
     compile (kept in the pass context: calibrate and the training passes usually share it). Text

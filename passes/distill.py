@@ -17,10 +17,10 @@ import torch
 from ..backends.torch_ref import build_torch_model
 from ..ir import Model
 from ..passes_base import Param, PassStats, measure, register_pass
-from ..reprs import DTYPES, Dense, Quantized
+from ..reprs import Dense, Quantized
 from ..training.distill import DistillConfig, attach, detach, heldout_kl, optimize, teacher_targets, Targets
 from .calibrate import DEFAULT_TEXT, prepared_windows
-from .trainingpass import TrainingPass
+from .trainingpass import TrainingPass, stored_norm
 
 
 @register_pass
@@ -74,7 +74,7 @@ class DistillPass(TrainingPass):
             records = {name: q.record() for name, q in quants.items()}
         finally:
             detach(net, records)  # what the artifact will hold, to judge it exactly
-        stored = self._stored_norms(model, norms)
+        stored = {name: stored_norm(model, name, p) for name, p in norms.items()}
         with torch.no_grad():
             for name, w in stored.items():
                 norms[name].copy_(w.decode())
@@ -90,12 +90,3 @@ class DistillPass(TrainingPass):
                            f"training tokens, loss {losses[0]:.4f} -> {sum(losses[-4:]) / len(losses[-4:]):.4f}, "
                            f"{time.perf_counter() - t0:.0f} s")
         return stats
-
-    @staticmethod
-    def _stored_norms(model: Model, norms: dict[str, torch.nn.Parameter]) -> dict[str, Dense]:
-        """Trained norm weights rounded to the dtype each is stored in."""
-        out = {}
-        for name, p in norms.items():
-            dtype = model.tensors[name].rep.dtype  # type: ignore[attr-defined]
-            out[name] = Dense(tuple(p.shape), dtype, data=p.detach().to(DTYPES[dtype][0]).clone())
-        return out

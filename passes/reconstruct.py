@@ -23,12 +23,12 @@ import torch
 from .. import layerwise
 from ..ir import Model
 from ..passes_base import Param, PassStats, measure, register_pass
-from ..reprs import DTYPES, Dense, Quantized
+from ..reprs import Dense, Quantized
 from ..training.blockcache import LayerCache
 from ..training.blocktrain import train_block
 from ..training.blockwise import BlockConfig, BlockResult
 from .calibrate import DEFAULT_TEXT, _weights_fingerprint, prepared_windows
-from .trainingpass import TrainingPass
+from .trainingpass import TrainingPass, stored_norm
 
 
 @register_pass
@@ -132,8 +132,7 @@ class ReconstructPass(TrainingPass):
         """Trained norm weights, rounded to the dtype each is stored in, so that the next layers
         are trained on exactly what the artifact will compute."""
         for name, w in trained.items():
-            dtype = model.tensors[name].rep.dtype  # type: ignore[attr-defined]
-            model.tensors[name].rep = Dense(tuple(w.shape), dtype, data=w.to(DTYPES[dtype][0]).clone())
+            model.tensors[name].rep = stored_norm(model, name, w)
             with torch.no_grad():
                 params[name].copy_(model.tensors[name].rep.decode())
 

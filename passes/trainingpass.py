@@ -3,9 +3,12 @@ sequences checked when the pipeline is read, the text checked once the model is 
 work when the allocator simulates one tensor (training keeps codes and sizes)."""
 from __future__ import annotations
 
+import torch
+
 from ..errors import PassError
 from ..ir import Model
 from ..passes_base import Pass, PassStats
+from ..reprs import DTYPES, Dense
 from .calibrate import prepared_windows
 
 
@@ -24,3 +27,9 @@ class TrainingPass(Pass):
 
     def prepare(self, model: Model) -> None:
         prepared_windows(self, model)
+
+
+def stored_norm(model: Model, name: str, w: torch.Tensor) -> Dense:
+    """A trained norm weight rounded to the dtype its tensor is stored in (what the artifact holds)."""
+    dtype = model.tensors[name].rep.dtype  # type: ignore[attr-defined]
+    return Dense(tuple(w.shape), dtype, data=w.detach().to(DTYPES[dtype][0]).clone())
