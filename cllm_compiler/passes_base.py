@@ -70,6 +70,7 @@ class PassContext:
     plan: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipeline: list["Pass"] = field(default_factory=list)  # set by the pass manager
     simulating: bool = False  # the allocator is trying a candidate: skip quality statistics
+    rate_only: bool = False  # only the candidate's bytes matter (no calibration yet): see GPTQPass.apply
     texts: dict[tuple, Any] = field(default_factory=dict)  # tokenized training/calibration text, by spec
 
     _last: tuple[str, torch.Tensor] | None = None

@@ -95,8 +95,8 @@ class AllocatePass(Pass):
     default_match = "linear|embed|lm_head"
     analysis = True
 
-    def run(self, model: Model) -> PassStats:
-        stats = PassStats(self.spec())
+    def _setup(self, model: Model) -> tuple[list[dict], list[Pass], list[TensorNode]]:
+        """(plans, the passes after this one that the candidates go through, matched tensors)."""
         try:
             plans = parse_choices(self.args["choices"])
         except ValueError:
@@ -108,8 +108,63 @@ class AllocatePass(Pass):
         nodes = [n for n in model if self.matches(n)]
         if not nodes:
             raise PassError("allocate matches no tensor", hint="check match=/names=")
-        fixed_bits = 8 * self._fixed_nbytes(model) + sum(8 * self._nbytes(self._simulate(n, later, {})[0])
-                                                         for n in model if not self.matches(n))
+        return plans, later, nodes
+
+    def _fixed_bits(self, model: Model, later: list[Pass]) -> float:
+        """Bits of what the budget does not choose: headers, and the tensors allocate leaves alone."""
+        return 8 * self._fixed_nbytes(model) + sum(8 * self._nbytes(self._simulate(n, later, {})[0])
+                                                   for n in model if not self.matches(n))
+
+    def _refuse_floor(self, floor_bits: float, model: Model, what: str = "") -> None:
+        raise PassError(f"allocate: budget {self.args['budget']} bits/weight is below the smallest reachable "
+                        f"{floor_bits / model.num_params:.3f}{what}",
+                        hint="raise budget= or add smaller choices (e.g. bits=2)")
+
+    def prepare(self, model: Model) -> None:
+        """Refuse a budget no choice can reach before calibration and the candidates' simulations
+        (minutes on a real model). Each tensor's smallest choice is sized with round-to-nearest
+        codes in place of GPTQ's: the same grid, so the same bytes. First without lossless
+        coding, once per tensor shape (those bytes depend on the shape, not the values): a
+        budget at or above that bound is reachable. Otherwise every tensor is sized with its
+        lossless coding, whose bytes depend a little on the codes, so only a floor more than 3%
+        above the budget is refused here; the exact check follows the simulations in `run`."""
+        plans, later, nodes = self._setup(model)
+        budget = self.args["budget"] * model.num_params
+        plain = [p for p in later if not p.lossless]
+        self.ctx.rate_only = True
+        try:
+            if self._floor(model, plans, plain, nodes, by_shape=True) <= budget:
+                return  # reachable even before lossless coding
+            floor = self._floor(model, plans, later, nodes, by_shape=False)
+        finally:
+            self.ctx.rate_only = False
+        if floor > (1.0 if len(plain) == len(later) else 1.03) * budget:
+            self._refuse_floor(floor, model, " (sized before any work)")
+
+    def _floor(self, model: Model, plans: list[dict], later: list[Pass], nodes: list[TensorNode],
+               by_shape: bool) -> float:
+        """Bits of the file with every matched tensor at its smallest choice."""
+        seen: dict[tuple, float] = {}
+        total = self._fixed_bits(model, later)
+        for n in nodes:
+            key = (tuple(n.shape), tuple(p.matches(n) for p in later)) if by_shape else (n.name,)
+            if key not in seen:
+                seen[key] = min(self._candidate_bits(n, later, plan) for plan in plans)
+                if seen[key] == float("inf"):
+                    self._simulate(n, later, plans[0])  # no choice fits this tensor: its first one's error
+            total += seen[key]
+        return total
+
+    def _candidate_bits(self, node: TensorNode, later: list[Pass], plan: dict) -> float:
+        try:
+            return 8.0 * self._nbytes(self._simulate(node, later, plan)[0])
+        except PassError:
+            return float("inf")
+
+    def run(self, model: Model) -> PassStats:
+        stats = PassStats(self.spec())
+        plans, later, nodes = self._setup(model)
+        fixed_bits = self._fixed_bits(model, later)
         scale = self._uncalibrated_scale(nodes)
 
         def candidates(node: TensorNode) -> list[Option]:
@@ -124,9 +179,7 @@ class AllocatePass(Pass):
         budget = self.args["budget"] * model.num_params - fixed_bits
         floor = sum(min(r for r, _ in o) for o in options)
         if floor > budget:
-            raise PassError(f"budget {self.args['budget']} bits/weight is below the smallest reachable "
-                            f"{(floor + fixed_bits) / model.num_params:.3f}",
-                            hint="raise budget= or add smaller choices (e.g. bits=2)")
+            self._refuse_floor(floor + fixed_bits, model)
         choice = solve(options, budget)
         total = fixed_bits
         for node, o, c in zip(nodes, options, choice):

@@ -155,6 +155,12 @@ class GPTQPass(Pass):
     provides = frozenset({"quantized"})
 
     def apply(self, node: TensorNode, stats: PassStats) -> None:
+        if self.ctx.rate_only:  # the allocator sizing a budget before calibration: GPTQ's codes on
+            if node.rep.kind == "dense":  # the RTN grid are the same container bytes
+                from .quant import quantize_rtn
+                a = self.args_for(node)
+                node.rep = quantize_rtn(self.ctx.original(node), a["bits"], a["group"], a["sym"], a["zero"], False)
+            return
         if self.ctx.calib is None or not self.ctx.calib.has(node.name):
             stats.notes.append(f"{node.name}: no calibration statistics, left as is")
             return

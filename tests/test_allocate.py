@@ -39,11 +39,35 @@ def test_file_meets_budget(tiny_dir, tmp_path, budget):
     assert (tmp_path / "a" / "calibration.safetensors").is_file()
 
 
-def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path):
+def test_infeasible_budget_is_a_clear_error(tiny_dir, tmp_path, monkeypatch):
+    """Refused before calibration or any candidate runs (they take minutes on a real model)."""
+    from cllm_compiler.passes import allocate, calibrate
+
+    def no_work(*a, **k):
+        raise AssertionError("worked before the budget was checked")
+    monkeypatch.setattr(calibrate.CalibratePass, "run", no_work)
+    monkeypatch.setattr(allocate.AllocatePass, "run", no_work)
     pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "1.0")
-    with pytest.raises(PassError, match="below the smallest reachable"):
+    with pytest.raises(PassError, match=r"below the smallest reachable .* \(sized before any work\)"):
         compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_early_floor_is_the_exact_floor_without_lossless_coding(tiny_dir, tmp_path):
+    """Without entropy coding the early estimate (RTN codes in place of GPTQ's) is byte-exact: a
+    budget just under the floor is refused before work, one just over it compiles to it."""
+    pipe = PIPE.replace("{{", "{").replace("}}", "}").replace(",entropy", "")
+    with pytest.raises(PassError, match="sized before any work") as err:
+        compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe.replace("{b}", "1.0")), tmp_path / "a")
+    floor = float(str(err.value).split("reachable ")[1].split(" ")[0])
+    res = compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe.replace("{b}", str(floor + 0.001))),
+                        tmp_path / "b")
+    predicted = float(next(n for n in res.report["notes"] if "predicted" in n).split("predicted ")[1].split(" ")[0])
+    assert floor - 0.0015 <= predicted <= floor + 0.0015  # every tensor at its smallest choice
+    assert res.report["bits_per_weight"] <= floor + 0.001
+    with pytest.raises(PassError, match="sized before any work"):
+        compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe.replace("{b}", str(floor - 0.002))),
+                      tmp_path / "c")
 
 
 @pytest.mark.slow  # ~17 s: two allocator runs in worker processes
