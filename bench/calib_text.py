@@ -2,9 +2,9 @@
 and amount, on the healed and on the original SmolLM2 (int4 and int3, group 128, linears only;
 the tied embedding stays float so the numbers isolate the linears' rounding).
 
-Texts: the packaged Moby-Dick (cllm's default), and the shared training mix (State of the
-Union, Shakespeare, Moby-Dick: the first 95% of each file, the last 5% being E1's held-out
-text), at 16,384 and 65,536 tokens in 512-token windows. KLD and PPL against each model's own
+Texts: the packaged Moby-Dick, the shared training mix (State of the Union, Shakespeare,
+Moby-Dick: the first 95% of each file, the last 5% being E1's held-out text) and the packaged
+`mix` built from it (scripts/make_calib_mix.py), at 16,384 and 65,536 tokens in 512-token windows. KLD and PPL against each model's own
 float weights on WikiText-2 test windows (evaluation only). Resumable: rows already in the JSON
 are kept.
 
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 HEALED = SHARED / "models/smollm2-135m-instruct-healed.Q8_0.gguf"
 MIX = ("sotu-1790-2018.txt", "shakespeare-complete.txt", "moby-dick.txt")
-TEXTS = {"moby-dick 16k": ("moby-dick", 16384), "mix 16k": ("MIX", 16384), "mix 64k": ("MIX", 65536)}
+TEXTS = {"moby-dick 16k": ("moby-dick", 16384), "mix 16k": ("MIX", 16384), "mix 64k": ("MIX", 65536),
+         "packaged mix 16k": ("mix", 16384), "packaged mix 64k": ("mix", 65536)}
 
 
 def original() -> Path:
@@ -64,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="healed,original")
     ap.add_argument("--bits", default="4,3")
-    ap.add_argument("--texts", default=",".join(TEXTS))
+    ap.add_argument("--texts", default=",".join(TEXTS), help="which of: " + ", ".join(TEXTS))
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "bench/results/calib_text_work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/calib_text.json")

@@ -23,12 +23,16 @@ from ..passes_base import Param, Pass, PassStats, register_pass
 from ..safeio import read_bytes
 
 DEFAULT_TEXT = "moby-dick"
+PACKAGED = ("moby-dick", "mix")  # data/calib/<name>.txt (mix: scripts/make_calib_mix.py)
+DATA_HELP = ("packaged 'moby-dick' (Melville) or 'mix' (State of the Union, Shakespeare and Moby-Dick "
+             "passages), a .txt file or a folder of .txt files; never WikiText-2 test")
 
 
 def calibration_text(spec: str) -> tuple[str, str]:
-    """(text, sha256) of the packaged book, a .txt file or every .txt in a folder (sorted)."""
-    if spec in ("", DEFAULT_TEXT):
-        text = resources.files("cllm_compiler").joinpath("data/calib/moby-dick.txt").read_text(encoding="utf-8")
+    """(text, sha256) of a packaged text, a .txt file or every .txt in a folder (sorted)."""
+    if spec in ("", *PACKAGED):
+        name = spec or DEFAULT_TEXT
+        text = resources.files("cllm_compiler").joinpath(f"data/calib/{name}.txt").read_text(encoding="utf-8")
     else:
         p = Path(spec)
         files = sorted(p.glob("*.txt")) if p.is_dir() else [p]
@@ -90,7 +94,7 @@ class CalibratePass(Pass):
     params = (
         Param("tokens", int, 16384, "calibration tokens", check=lambda n: n >= 1),
         Param("seqlen", int, 512, "tokens per calibration sequence", check=lambda n: n >= 2),
-        Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
+        Param("data", str, DEFAULT_TEXT, DATA_HELP),
         Param("cache", str, "", "a calibration.safetensors (or folder holding one) to reuse when it matches"),
         Param("sink", float, SINK, "weight in H of each sequence's first token (the attention sink every later token "
               "reads), as a fraction of the sequence's length: 1/32 = 16 at 512 tokens; 0 = plain GPTQ",

@@ -19,7 +19,7 @@ from ..ir import Model
 from ..passes_base import Param, PassStats, measure, register_pass
 from ..reprs import Dense, Quantized
 from ..training.distill import DistillConfig, attach, detach, heldout_kl, optimize, teacher_targets, Targets
-from .calibrate import DEFAULT_TEXT, prepared_windows
+from .calibrate import DATA_HELP, DEFAULT_TEXT, prepared_windows
 from .trainingpass import TrainingPass, stored_norm
 
 
@@ -31,7 +31,7 @@ class DistillPass(TrainingPass):
         Param("tokens", int, 32768, "training + held-out tokens (about 6 s per 512 on one core for a 135M model)",
               check=lambda n: n >= 2),
         Param("seqlen", int, 512, "tokens per sequence", check=lambda n: n >= 2),
-        Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
+        Param("data", str, DEFAULT_TEXT, DATA_HELP),
         Param("epochs", int, 1, "passes over the training sequences", check=lambda n: n >= 1),
         Param("batch", int, 1, "sequences per step", check=lambda n: n >= 1),
         Param("lr_scale", float, 3e-3, "learning rate of the log-scales and mins (Adam, cosine decay; 1e-3 measured worse)",

@@ -27,7 +27,7 @@ from ..reprs import Dense, Quantized
 from ..training.blockcache import LayerCache
 from ..training.blocktrain import train_block
 from ..training.blockwise import BlockConfig, BlockResult
-from .calibrate import DEFAULT_TEXT, _weights_fingerprint, prepared_windows
+from .calibrate import DATA_HELP, DEFAULT_TEXT, _weights_fingerprint, prepared_windows
 from .trainingpass import TrainingPass, stored_norm
 
 
@@ -38,7 +38,7 @@ class ReconstructPass(TrainingPass):
     params = (
         Param("tokens", int, 8192, "training tokens per layer (cached inputs)", check=lambda n: n >= 2),
         Param("seqlen", int, 512, "tokens per sequence", check=lambda n: n >= 2),
-        Param("data", str, DEFAULT_TEXT, "'moby-dick' (packaged), a .txt file or a folder of .txt files"),
+        Param("data", str, DEFAULT_TEXT, DATA_HELP),
         Param("steps", int, 60, "optimizer steps per layer (200 measured worse end to end)", check=lambda n: n >= 0),
         Param("batch", int, 2, "sequences per step", check=lambda n: n >= 1),
         Param("codes", str, "keep", "keep: the stored codes stay, scales/mins and norms train; learn: straight-through "

@@ -9,6 +9,7 @@ from cllm_compiler.backends.torch_ref import build_torch_model
 from cllm_compiler.calibration import FILE, Calibration
 from cllm_compiler.errors import PassError
 from cllm_compiler.loading import load_model
+from cllm_compiler.passes.calibrate import DEFAULT_TEXT
 from cllm_compiler.passes_base import PassContext
 from cllm_compiler.passmanager import PassManager
 from cllm_compiler.pipeline import parse_pipeline
@@ -93,3 +94,14 @@ def test_refuses_wikitext_and_missing_files(tiny_dir, tmp_path):
         calibrated(model, spec=f"calibrate{{data={wt}}}")
     with pytest.raises(PassError, match="does not exist"):
         calibrated(model, spec=f"calibrate{{data={tmp_path / 'nope.txt'}}}")
+
+
+def test_packaged_texts_differ_and_neither_is_wikitext():
+    """Both packaged texts load, are different text, and pass the WikiText-2 guard."""
+    from cllm_compiler.eval_guard import refuse_eval_text
+    from cllm_compiler.passes.calibrate import calibration_text
+    (moby, h1), (mix, h2) = calibration_text("moby-dick"), calibration_text("mix")
+    assert h1 != h2 and len(mix) > 500_000 and "Fellow-Citizens" in mix and "Ishmael" in moby
+    for text, name in ((moby, "moby-dick"), (mix, "mix")):
+        refuse_eval_text(text, name, PassError, use="calibrate")  # raises on WikiText-2 test text
+    assert calibration_text("")[1] == calibration_text(DEFAULT_TEXT)[1]

@@ -183,6 +183,18 @@ def test_cllm_train_refuses_bad_recipes_clearly(tiny_dir, tmp_path, capsys):
     assert "WikiText-2 test" in capsys.readouterr().err
 
 
+def test_cllm_train_set_overrides_one_qat_key(tiny_dir, tmp_path):
+    """--set qat.bits=[...] keeps the other qat keys (tuples among the defaults) and takes effect."""
+    from cllm_compiler.cli.train import main
+    rec = _recipe(tmp_path, tiny_dir)
+    assert main([str(rec), "-o", str(tmp_path / "a"), "--steps", "1", "--set", "qat.bits=[3,5]",
+                 "--set", "export_bits=5"]) == 0
+    import json
+    spec = json.loads((tmp_path / "a" / "export" / "compression.json").read_text())
+    assert {t["bits"] for t in spec["tensors"].values()} == {5}
+    assert sum(t["nm"] is not None for t in spec["tensors"].values()) == 2  # the recipe's nm_match kept
+
+
 def _train_and_export(tiny_dir, out, cfg, steps: int = 3):
     from cllm_compiler.training.export import export
     model = _tiny(tiny_dir)

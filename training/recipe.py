@@ -69,7 +69,7 @@ def _typed(hint: Any, v: Any, key: str) -> Any:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         return _typed(args[0], v, key)
     if typing.get_origin(hint) is tuple:
-        items = v if isinstance(v, list) else [v] if not isinstance(v, (dict, type(None))) else None
+        items = list(v) if isinstance(v, (list, tuple)) else [v] if not isinstance(v, (dict, type(None))) else None
         if items is None or (Ellipsis not in args and len(items) != len(args)) or len(items) > 64:
             raise TrainError(f"recipe key '{key}' must be a list of {len(args) if Ellipsis not in args else 'some'} "
                              f"{args[0].__name__} values, not {short(v)}", hint="e.g. bits: [4, 3]")

@@ -68,11 +68,10 @@ def _main(argv: list[str] | None) -> int:
     qat_over = over.pop("qat", {})
     if not isinstance(qat_over, dict):
         raise TrainError("--set qat=... must set keys inside it", hint="e.g. --set qat.bits=[4,3]")
-    cfg = load_recipe(args.recipe, {**over, "steps": args.steps})
-    if qat_over:
+    if qat_over:  # one qat key over the recipe's qat section (checked as a whole, with the top keys)
         import dataclasses
-        cfg = load_recipe(args.recipe, {**over, "steps": args.steps,
-                                        "qat": {**_qat_dict(dataclasses.asdict(cfg.qat)), **qat_over}})
+        over["qat"] = {**_qat_dict(dataclasses.asdict(load_recipe(args.recipe).qat)), **qat_over}
+    cfg = load_recipe(args.recipe, {**over, "steps": args.steps})
     if (args.out / "checkpoint.pt").exists() and not args.resume:
         raise TrainError(f"{args.out} holds a checkpoint", hint="add --resume to continue it, or pick another -o")
     if args.resume:
