@@ -88,14 +88,16 @@ class Calibration:
         """Per-channel input L2 norm over the calibration tokens (Wanda's ||x_j||)."""
         return self.input_energy(name).sqrt()
 
-    def output_sq_error(self, name: str, delta: torch.Tensor) -> float:
+    def output_sq_error(self, name: str, delta: torch.Tensor, rows: torch.Tensor | None = None) -> float:
         """sum over calibration tokens of w_t ||delta @ x_t||^2 = tr(delta H delta^T), without the
-        tokens (w_t: each sequence's first token, the attention sink, weighs calibrate's sink=)."""
+        tokens (w_t: each sequence's first token, the attention sink, weighs calibrate's sink=);
+        with `rows`, output channel c's error counts rows[c] times (e.g. the loss's sensitivity)."""
         H = self.H(name)
         total = 0.0
         for r in range(0, delta.shape[0], 4096):
             d = delta[r:r + 4096].to(torch.float32)
-            total += float(((d @ H) * d).sum(dtype=torch.float64))
+            per_row = ((d @ H) * d).sum(1, dtype=torch.float64)
+            total += float(per_row.sum() if rows is None else (per_row * rows[r:r + 4096].double()).sum())
         return total
 
     def output_mse(self, name: str, delta: torch.Tensor) -> float:

@@ -80,8 +80,12 @@ class AllocatePass(Pass):
         Param("budget", float, 4.0, "bits per weight of the whole file (headers, codebooks, scales included)",
               check=lambda b: b > 0),
         Param("metric", str, "output", "distortion: output = sum of squared output errors on the calibration "
-              "tokens; relative = the same divided by the tensor's output energy (every tensor's SNR alike)",
-              choices=("output", "relative")),
+              "tokens; relative = the same divided by the tensor's output energy (every tensor's SNR alike); "
+              "fisher = each output channel's error weighted by the loss's mean squared gradient there "
+              "(an estimate of the loss added, comparable across tensors; one backward pass per window)",
+              choices=("output", "relative", "fisher")),
+        Param("fisher_tokens", int, 8192, "metric=fisher: calibration tokens run backward through the float model",
+              check=lambda t: t > 0),
         Param("choices", str, "bits=2|3|4|5|6|8",
               "plans tried per tensor by later passes: param=v|v|...[;param=v|...] (all combinations)"),
         Param("workers", int, 0, "processes simulating candidates in parallel (forked; results do not depend "
@@ -94,6 +98,8 @@ class AllocatePass(Pass):
     provides = frozenset({"allocated"})
     default_match = "linear|embed|lm_head"
     analysis = True
+    _fisher: dict[str, torch.Tensor] = {}  # metric=fisher: per tensor, per output channel (set by run)
+    _fisher_mean, _tied = 1.0, False
 
     def _setup(self, model: Model) -> tuple[list[dict], list[Pass], list[TensorNode]]:
         """(plans, the passes after this one that the candidates go through, matched tensors)."""
@@ -165,6 +171,7 @@ class AllocatePass(Pass):
         stats = PassStats(self.spec())
         plans, later, nodes = self._setup(model)
         fixed_bits = self._fixed_bits(model, later)
+        self._fisher = self._sensitivity(model, nodes) if self.args["metric"] == "fisher" else {}
         scale = self._uncalibrated_scale(nodes)
 
         def candidates(node: TensorNode) -> list[Option]:
@@ -235,11 +242,32 @@ class AllocatePass(Pass):
         return fixed_nbytes(model)
 
     def _error(self, node: TensorNode, delta: torch.Tensor, scale: float) -> float:
-        """Output squared error on the calibration tokens (weight error x `scale` without statistics)."""
+        """Output squared error on the calibration tokens (weight error x `scale` without statistics),
+        each output channel weighted by its Fisher sensitivity under metric=fisher."""
         cal = self.ctx.calib
+        rows = self._fisher.get(self._fisher_key(node)) if self._fisher else None
+        if self._fisher and rows is None:  # e.g. an untied input embedding: the mean sensitivity
+            rows = torch.full((delta.shape[0],), self._fisher_mean, dtype=torch.float64)
         if cal is not None and cal.has(node.name):
-            return cal.output_sq_error(node.name, delta)
-        return scale * float(delta.pow(2).sum(dtype=torch.float64))
+            return cal.output_sq_error(node.name, delta, rows)
+        err = delta.pow(2).sum(1, dtype=torch.float64)
+        return scale * float(err.sum() if rows is None else (err * rows).sum())
+
+    def _fisher_key(self, node: TensorNode) -> str:
+        return "lm_head.weight" if node.role == "embed" and self._tied else node.name  # the tied head's logits
+
+    def _sensitivity(self, model: Model, nodes: list[TensorNode]) -> dict[str, torch.Tensor]:
+        """Fisher weights per output channel on the calibrate pass's first windows."""
+        from .calibrate import prepared_windows
+        from .sensitivity import output_fisher
+        cal = next(p for p in self.ctx.pipeline if p.name == "calibrate")  # allocate requires it
+        windows = prepared_windows(cal, model)[0]
+        windows = windows[:max(1, -(-self.args["fisher_tokens"] // windows.shape[1]))]
+        self._tied = model.config.tie_word_embeddings
+        names = {self._fisher_key(n) for n in nodes}
+        fisher = output_fisher(model, lambda name: self.ctx.original(model.tensors[name]), windows, names)
+        self._fisher_mean = float(torch.cat(list(fisher.values())).mean()) if fisher else 1.0
+        return fisher
 
     def _uncalibrated_scale(self, nodes: list[TensorNode]) -> float:
         cal = self.ctx.calib
