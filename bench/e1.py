@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEALED = ROOT.parent / "shared/models/smollm2-135m-instruct-healed.Q8_0.gguf"
 HELD_OUT = [ROOT.parent / "shared/data/train" / f for f in ("sotu-1790-2018.txt", "shakespeare-complete.txt")]
 CAL = "calibrate{cache=@CACHE@}"
-ALLOC = CAL + ",allocate{budget=@B@,choices=bits=2|3|4|5|6|8}"
+ALLOC = CAL + ",allocate{budget=@B@,choices=bits=2|3|4|5|6|8,cache=@PLAN@}"
 GPTQ = ALLOC + ",gptq{match=linear|embed|lm_head},quant{match=embed|lm_head}"
 BUDGETED = {
     "rtn": ALLOC + ",quant{match=linear|embed|lm_head},entropy",
@@ -54,7 +54,10 @@ FIXED = {  # post-training points at the rates they land on (kind: the name's fi
 
 def compile_one(args: argparse.Namespace, name: str, pipe: str, budget: str) -> dict:
     art, cache = args.work / name, args.work / "calibration.safetensors"
-    pipe = pipe.replace("@CACHE@", str(cache)).replace("@B@", budget).replace("@RC@", str(args.work / f"rc-{budget}"))
+    # rows of one budget share the allocator's plan (training passes do not change it; RTN's own)
+    plan = args.work / f"plan-{budget}-{'rtn' if name.endswith('-rtn') else 'gptq'}.json"
+    pipe = (pipe.replace("@CACHE@", str(cache)).replace("@B@", budget).replace("@RC@", str(args.work / f"rc-{budget}"))
+            .replace("@PLAN@", str(plan)))
     if args.smoke:  # the whole flow on a tiny model in seconds: short texts, few steps
         pipe = (pipe.replace("calibrate{", "calibrate{tokens=1024,seqlen=128,")
                 .replace("reconstruct{", "reconstruct{tokens=1024,seqlen=128,steps=2,")
@@ -69,6 +72,8 @@ def compile_one(args: argparse.Namespace, name: str, pipe: str, budget: str) -> 
     wall = time.perf_counter() - t0
     if not cache.exists() and (art / "calibration.safetensors").exists():
         shutil.copyfile(art / "calibration.safetensors", cache)
+    if not plan.exists() and (art / "allocation.json").exists():
+        shutil.copyfile(art / "allocation.json", plan)
     rep = json.loads((art / "report.json").read_text())
     ev = rep["eval"]
     ref, got = ev["reference"], ev["compressed"]
@@ -77,7 +82,7 @@ def compile_one(args: argparse.Namespace, name: str, pipe: str, budget: str) -> 
            "top1": got["top1_agree"], "wall_s": round(wall, 1), "peak_rss_mib": rep["peak_rss_mib"],
            "passes": pass_seconds(rep["timing"]["passes"]),
            "tokens": stage_tokens(rep["pipeline"]), "pipeline": rep["pipeline"],
-           "notes": [n for n in rep["notes"] if "held-out" in n or n.startswith("allocated")]}
+           "notes": [n for n in rep["notes"] if "held-out" in n or n.startswith(("allocated", "allocation reused"))]}
     row["heldout"] = heldout_eval(args, art)
     return row
 
@@ -142,7 +147,13 @@ def main() -> None:
     from e1_report import write_report
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.out.with_suffix(".json")
-    rows = json.loads(store.read_text())["rows"] if store.exists() else {}
+    meta = {"model": args.model.name, "windows": args.windows, "seqlen": args.seqlen,
+            "heldout_windows": args.heldout_windows}
+    old = json.loads(store.read_text()) if store.exists() else {"meta": meta, "rows": {}}
+    if {**old["meta"], "model": Path(old["meta"]["model"]).name} != meta:
+        raise SystemExit(f"error: {store} holds rows measured with {old['meta']}, not {meta}\n"
+                         "hint: resume with the same --model/--windows/--seqlen/--heldout-windows, or give another --out")
+    rows = old["rows"]
     todo = [(f"b{b}-{m}", BUDGETED[m], b) for b in args.budgets.split(",") for m in args.methods.split(",") if m]
     todo += [(n, FIXED[n], "") for n in args.fixed.split(",") if n]
     for name, pipe, budget in todo:
@@ -150,8 +161,6 @@ def main() -> None:
             continue
         print(f"e1: {name} ...", flush=True)
         rows[name] = compile_one(args, name, pipe, budget)
-        meta = {"model": str(args.model), "windows": args.windows, "seqlen": args.seqlen,
-                "heldout_windows": args.heldout_windows}
         tmp = store.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         tmp.replace(store)  # each result lands whole: a killed run resumes after the last one

@@ -115,3 +115,24 @@ def test_fisher_metric_meets_the_budget(tiny_tied_dir, tmp_path):
     res = compile_model(tiny_tied_dir, get_target("host"), parse_pipeline(pipe), tmp_path / "a")
     assert res.report["bits_per_weight"] <= 3.5 + 1e-9
     assert abs(res.report["bits_per_weight"] - 3.5) <= 0.02
+
+
+def test_allocation_is_reused_only_when_everything_it_depends_on_matches(tiny_dir, tmp_path):
+    pipe = PIPE.replace("{{", "{").replace("}}", "}").replace("{b}", "3.5")
+    a = compile_model(tiny_dir, get_target("host"), parse_pipeline(pipe), tmp_path / "a")
+    assert (tmp_path / "a" / "allocation.json").is_file()
+    cached = pipe.replace("allocate{budget=3.5,", f"allocate{{budget=3.5,cache={tmp_path / 'a'},")
+    b = compile_model(tiny_dir, get_target("host"), parse_pipeline(cached), tmp_path / "b")
+    assert "allocation reused from cache" in b.report["notes"]
+    assert (tmp_path / "a" / "model.cllm").read_bytes() == (tmp_path / "b" / "model.cllm").read_bytes()
+    assert [n for n in a.report["notes"] if "bits=" in n] == [n for n in b.report["notes"] if "bits=" in n]
+    other = compile_model(tiny_dir, get_target("host"), parse_pipeline(cached.replace("budget=3.5", "budget=4")),
+                          tmp_path / "c")  # another budget: allocated afresh
+    assert "allocation reused from cache" not in other.report["notes"]
+    doc = json.loads((tmp_path / "a" / "allocation.json").read_text())
+    first = next(iter(doc["plan"]))
+    doc["plan"][first] = {"bits": "7"}  # not one of the choices: a tampered file is not trusted
+    (tmp_path / "a" / "allocation.json").write_text(json.dumps(doc))
+    d = compile_model(tiny_dir, get_target("host"), parse_pipeline(cached), tmp_path / "d")
+    assert "allocation reused from cache" not in d.report["notes"]
+    assert (tmp_path / "d" / "model.cllm").read_bytes() == (tmp_path / "b" / "model.cllm").read_bytes()

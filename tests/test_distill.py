@@ -126,3 +126,6 @@ def test_e1_bench_runs_resumes_and_reports(tiny_dir, tmp_path):
     stamp = (tmp_path / "e1.json").stat().st_mtime_ns
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
     assert "e1: " not in out and (tmp_path / "e1.json").stat().st_mtime_ns == stamp
+    other = subprocess.run([*cmd, "--windows", "2"], capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "holds rows measured with" in other.stderr
+    assert (tmp_path / "e1.json").stat().st_mtime_ns == stamp  # rows of other settings never mixed in
