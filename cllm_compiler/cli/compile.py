@@ -33,7 +33,7 @@ plans: without --pipeline, each target's plan picks the pipeline and budget from
 pipeline syntax: pass{key=value,...},pass,...   (see --list-passes)
   quant{bits=2..8,group=32|64|128|channel,sym=false,match=linear,skip=REGEX}
   cast{dtype=f16}      entropy{codec=auto|rans|zstd|raw}
-  calibrate{tokens=16384,seqlen=512,data=moby-dick|FILE|DIR,sink=0.03125}   gptq{bits,group,act_order,damp}
+  calibrate{tokens=16384,seqlen=512,data=mix|moby-dick|FILE|DIR,sink=0.03125}   gptq{bits,group,act_order,damp}
   codebook{bits,d=1|2|4|8,stages,scope=row|tensor,group}   nm{n,m,sparsity,method=magnitude|wanda|sparsegpt}
   lowrank{mode=svd|correct,rank|energy|bpw,whiten}   allocate{budget,choices=bits=2|3|4;group=64|128}
   reconstruct{tokens=8192,steps=60,codes=keep|learn,resume=DIR}   distill{tokens=32768,lr_scale,topk=64}
