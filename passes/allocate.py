@@ -16,69 +16,19 @@ input energy of the calibrated ones.
 from __future__ import annotations
 
 import copy
-import itertools
-import json
-from pathlib import Path
 
 import torch
 
-from ..atomic import write_bytes
 from ..container import fixed_nbytes, record_nbytes
 from ..errors import PassError
 from ..ir import Model, TensorNode
 from ..parallel import default_workers, fork_map
 from ..passes_base import Param, Pass, PassStats, register_pass
 from ..reprs import Representation
-from ..safeio import read_json
+from .allocplan import load_plan, plan_key, save_plan
+from .rdsolve import Option, parse_choices, solve
 
-PLAN_FILE = "allocation.json"  # the per-tensor choices, in the artifact folder (reusable with cache=)
-
-Option = tuple[float, float]  # (bits in the file, distortion)
-
-
-def parse_choices(text: str) -> list[dict[str, str]]:
-    """'bits=2|3|4;group=64|128' -> every combination as a plan {param: value}."""
-    axes = []
-    for part in filter(None, text.split(";")):
-        key, _, vals = part.partition("=")
-        values = [v for v in vals.split("|") if v]
-        if not key.strip() or not values:
-            raise ValueError(text)
-        axes.append([(key.strip(), v) for v in values])
-    if not axes:
-        raise ValueError(text)
-    return [dict(combo) for combo in itertools.product(*axes)]
-
-
-def solve(options: list[list[Option]], budget_bits: float) -> list[int]:
-    """Choose one option per item minimising total distortion with total rate <= budget."""
-    def pick(lam: float) -> list[int]:
-        return [min(range(len(o)), key=lambda i, o=o: (o[i][1] + lam * o[i][0], o[i][0])) for o in options]
-
-    def rate(ch: list[int]) -> float:
-        return sum(o[c][0] for o, c in zip(options, ch))
-    lo, hi = 0.0, 1.0
-    while rate(pick(hi)) > budget_bits and hi < 1e30:
-        hi *= 4
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if rate(pick(mid)) <= budget_bits else (mid, hi)
-    choice = pick(hi)
-    left = budget_bits - rate(choice)
-    while True:  # greedy fill: best distortion drop per extra bit that still fits
-        best = None
-        for t, o in enumerate(options):
-            r0, d0 = o[choice[t]]
-            for i, (r, d) in enumerate(o):
-                if d < d0 and 0 < r - r0 <= left:
-                    gain = (d0 - d) / (r - r0)
-                    if best is None or gain > best[0]:
-                        best = (gain, t, i, r - r0)
-        if best is None:
-            return choice
-        choice[best[1]] = best[2]
-        left -= best[3]
-
+__all__ = ["AllocatePass", "Option", "parse_choices", "solve"]
 
 @register_pass
 class AllocatePass(Pass):
@@ -181,43 +131,17 @@ class AllocatePass(Pass):
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())
         plans, later, nodes = self._setup(model)
-        key = self._cache_key(model, later)
-        reused = self._cached(key, plans, nodes)
+        from .calibrate import _weights_fingerprint
+        key = plan_key(self, self.ctx.model_sha256 or _weights_fingerprint(model), later)
+        reused = load_plan(self.args["cache"], key, plans, {n.name for n in nodes}) if self.args["cache"] else None
         if reused is not None:
-            self.ctx.plan.update(reused["plan"])
-            stats.notes += ["allocation reused from cache", *reused["notes"]]
+            self.ctx.plan.update(reused[0])
+            stats.notes += ["allocation reused from cache", *reused[1]]
         else:
             stats.notes += self._allocate(model, plans, later, nodes)
         if self.ctx.workdir is not None:
-            doc = {"key": key, "plan": {n.name: self.ctx.plan[n.name] for n in nodes}, "notes": stats.notes[-len(nodes) - 1:]}
-            write_bytes(self.ctx.workdir / PLAN_FILE, json.dumps(doc, sort_keys=True, indent=1).encode())
+            save_plan(self.ctx.workdir, key, {n.name: self.ctx.plan[n.name] for n in nodes}, stats.notes[-len(nodes) - 1:])
         return stats
-
-    def _cache_key(self, model: Model, later: list[Pass]) -> dict:
-        from .calibrate import _weights_fingerprint
-        from .trainingpass import TrainingPass
-        args = {k: v for k, v in self.args.items() if k not in ("cache", "workers")}
-        return {"model": self.ctx.model_sha256 or _weights_fingerprint(model),
-                "calibration": self.ctx.calib.key if self.ctx.calib is not None else None, "allocate": args,
-                "later": [p.spec() for p in later if not isinstance(p, TrainingPass)]}  # no-ops when simulated
-
-    def _cached(self, key: dict, plans: list[dict], nodes: list[TensorNode]) -> dict | None:
-        """A saved allocation made from exactly `key` for exactly these tensors, else None (a file
-        that does not parse or fit is recomputed, never trusted)."""
-        if not self.args["cache"]:
-            return None
-        path = Path(self.args["cache"])
-        path = path / PLAN_FILE if path.is_dir() else path
-        try:
-            doc = read_json(path, 16 << 20, what=f"allocation cache {path}", error=PassError)
-        except PassError:
-            return None
-        plan, notes = doc.get("plan"), doc.get("notes")
-        if (json.dumps(doc.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True) or not isinstance(plan, dict)
-                or set(plan) != {n.name for n in nodes} or any(v not in plans for v in plan.values())
-                or not isinstance(notes, list) or not all(isinstance(x, str) for x in notes)):
-            return None
-        return {"plan": plan, "notes": notes}
 
     def _allocate(self, model: Model, plans: list[dict], later: list[Pass], nodes: list[TensorNode]) -> list[str]:
         """Simulate every candidate, solve for the budget, set the plan; the notes to report."""

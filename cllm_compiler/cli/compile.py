@@ -23,6 +23,8 @@ examples:
   cllm-compile hf_dir/ --recipe recipe.yaml
   cllm-compile --budget 3.5                      # per-tensor bits chosen to fit 3.5 bits/weight on disk
   cllm-compile --budget 3 --reconstruct --distill   # the same bytes, compression-aware trained (~30 min)
+  cllm-compile --budget 3 --reconstruct --checkpoint ck/ -t host   # + the trained model as HF folder +
+                                                 # compression.json (cllm-train's format), for other targets
   cllm-compile -p "calibrate,gptq{bits=3,group=128},entropy"               # GPTQ
   cllm-compile -p "calibrate,codebook{bits=3},gptq,entropy{codec=rans}"    # SqueezeLLM-style LUTs + GPTQ
   cllm-compile -p "calibrate,nm{n=2,m=4,method=sparsegpt},quant{bits=4,group=64},gptq,entropy"
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "logits (the distill pass, end to end, after reconstruct; ~15 min for 135M params on one core)")
     ap.add_argument("-o", "--out", type=Path, help="artifact folder (default: out/<model>-<target>)")
     ap.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    ap.add_argument("--checkpoint", type=Path, metavar="DIR",
+                    help="also write the compiled (and trained) model as a Hugging Face folder + compression.json, "
+                         "the checkpoint cllm-train exports: it compiles back to the same codes for any target")
     ap.add_argument("--eval-windows", type=int, default=4, metavar="N",
                     help="WikiText-2 windows for the validation report (0 = skip; all = 148 for SmolLM2 @2048)")
     ap.add_argument("--seqlen", type=int, default=2048, help="evaluation window length in tokens")
@@ -175,11 +180,18 @@ def _main(argv: list[str] | None) -> int:
     from ..loading import load_model
     source = cache(lambda: load_model(model_path))  # read once, and only when a plan needs its size
     jobs = [(t, *_passes(args, t, source)) for t in targets]  # every plan before any work
+    if args.checkpoint is not None:
+        _check_checkpoint(args, [p for _, passes, _ in jobs for p in passes])
     stem = model_path.stem.split(".")[0]
     if not args.targets:
         t, passes, plan = jobs[0]
         res = _compile_one(args, model_path, t, passes, plan, args.out or Path("out") / f"{stem}-{t.name}", ())
         console.print(f"[green]artifact written:[/] {res.out}", highlight=False)
+        if args.checkpoint is not None:
+            from ..training.checkpoint import export_ir
+            step(f"writing the checkpoint {args.checkpoint}")
+            export_ir(load_model(res.out / "model.cllm"), args.checkpoint, force=args.force)
+            console.print(f"[green]checkpoint written:[/] {args.checkpoint}", highlight=False)
         return _verdict([res])
     from ..multi import compile_targets
     plans = {t.name: (passes, plan) for t, passes, plan in jobs}
@@ -191,6 +203,20 @@ def _main(argv: list[str] | None) -> int:
                   highlight=False, markup=False)
     console.print(f"[green]manifest written:[/] {manifest}", highlight=False)
     return _verdict(results)
+
+
+def _check_checkpoint(args: argparse.Namespace, passes: list) -> None:
+    """--checkpoint is refused before any work when it cannot be written."""
+    from ..errors import TrainError
+    if args.targets:
+        raise TrainError("--checkpoint goes with one --target", hint="the checkpoint does not depend on the target")
+    from ..atomic import check_replaceable
+    check_replaceable(args.checkpoint, args.force)
+    bad = [p.name for p in passes if p.yields not in (None, "quant", "dense", "encoded")]
+    if bad:
+        raise TrainError(f"--checkpoint holds uniform quant grids and float tensors; '{bad[0]}' leaves "
+                         f"{passes[[p.name for p in passes].index(bad[0])].yields} tensors",
+                         hint="compile with quant/gptq (and reconstruct, distill), or drop --checkpoint")
 
 
 def _verdict(results: list[Any]) -> int:
