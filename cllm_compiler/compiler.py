@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import json
 import platform
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from .container import read_container, write_container
 from .reprs import Representation
 from .ir import Model, TensorNode
 from .loading import file_sha256, load_model
+from .measure import peak_rss_bytes
 from .passes_base import Pass, PassContext, PassStats
 from .passmanager import Instrument, IRDumpInstrument, PassManager, TimingInstrument
 from .pipeline import pipeline_text
@@ -173,7 +173,7 @@ def compile_model(model_path: Path, target: Target, passes: list[Pass], out: Pat
             "source_bytes": source_size(model.source.get("path")), "f16_bytes": model.num_params * 2,
             "timing": {"load_s": round(t_load, 2), "compile_s": round(t_compile, 2),
                        "passes": pm_instruments[0].records},  # type: ignore[attr-defined]
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
             "lowering": _lowering_note(target),  # replaced below when the backend is built
             "estimates": {"decode_tokens_per_s_bandwidth_bound": target.decode_tokens_per_s_estimate(size),
                           "label": "estimated: target bandwidth / artifact bytes (bandwidth-only roofline, no "

@@ -103,3 +103,16 @@ def machine_facts() -> dict[str, Any]:
     from .energy.jetson import power_mode
     facts["power_mode"] = power_mode()
     return facts
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started running its own program: VmHWM, the
+    high-water mark of its address space. Not getrusage's ru_maxrss, which Linux carries across
+    exec: a compile started by a large parent (a benchmark that had evaluated a model, a notebook)
+    would report the parent's size at fork as its own peak."""
+    status = _read("/proc/self/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: the best there is

@@ -5,7 +5,6 @@ Instruments (timing, memory, IR dumps, progress) hook the manager, never the pas
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +13,7 @@ import psutil
 
 from .errors import PassError
 from .ir import Model, TensorNode
+from .measure import peak_rss_bytes
 from .passes_base import Pass, PassContext, PassStats
 
 
@@ -33,7 +33,7 @@ class TimingInstrument(Instrument):
         self.records.append({
             "pass": p.spec(), "seconds": round(stats.seconds, 3),
             "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+            "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)})
 
 
 class IRDumpInstrument(Instrument):

@@ -214,3 +214,20 @@ def test_summary_says_why_an_artifact_is_larger_than_its_source():
     assert msg.index("lm_head.weight") < msg.index("norm (") and "up_proj" not in msg
     assert larger_than_source({**rep, "artifact_bytes": 900}) is None
     assert larger_than_source({**rep, "source_bytes": None}) is None
+
+
+def test_peak_rss_is_this_programs_own_not_a_parents(tmp_path):
+    """A compile started from a large parent reports its own peak: getrusage's ru_maxrss would
+    carry the parent's size across fork + exec (Linux), VmHWM does not."""
+    import subprocess
+    import sys
+    code = ("import subprocess, sys\n"
+            "big = bytearray(600 << 20)\n"  # the parent holds 600 MiB, touched
+            "for i in range(0, len(big), 4096): big[i] = 1\n"
+            "print(subprocess.run([sys.executable, '-c', 'from cllm_compiler.measure import peak_rss_bytes; "
+            "import resource; print(peak_rss_bytes() >> 20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)'],"
+            " capture_output=True, text=True).stdout)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert own < 300, own  # the child itself: an interpreter and one small import
+    assert inherited > 600 or sys.platform != "linux"  # what ru_maxrss would have said instead

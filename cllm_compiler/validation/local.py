@@ -127,9 +127,9 @@ def validate_local(folder: Path, target: Target, opts: ValidateOptions = Validat
         rec["energy"] = _energy(runners.get(name), name, prompt, opts, target, model, why)
         for r in runners.values():
             r.close()
-    import resource
-    rec["memory"]["peak_rss"] = measured(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "bytes",
-                                         "getrusage ru_maxrss: peak RSS of the whole process so far (compile, "
+    from ..measure import peak_rss_bytes
+    rec["memory"]["peak_rss"] = measured(peak_rss_bytes(), "bytes",
+                                         "VmHWM: peak RSS of this process so far (compile, "
                                          "the torch reference and every runner)")
     c = model.config
     rec["memory"]["kv_cache"] = kv_cache_bytes(c, (512, 2048, c.max_position_embeddings), 2 if name == "llama.cpp" else 4)
