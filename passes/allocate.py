@@ -131,8 +131,7 @@ class AllocatePass(Pass):
     def run(self, model: Model) -> PassStats:
         stats = PassStats(self.spec())
         plans, later, nodes = self._setup(model)
-        from .calibrate import _weights_fingerprint
-        key = plan_key(self, self.ctx.model_sha256 or _weights_fingerprint(model), later)
+        key = plan_key(self, later)
         reused = load_plan(self.args["cache"], key, plans, {n.name for n in nodes}) if self.args["cache"] else None
         if reused is not None:
             self.ctx.plan.update(reused[0])

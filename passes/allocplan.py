@@ -16,9 +16,11 @@ from ..safeio import read_json
 PLAN_FILE = "allocation.json"
 
 
-def plan_key(p: Pass, model_id: str, later: list[Pass]) -> dict[str, Any]:
+def plan_key(p: Pass, later: list[Pass]) -> dict[str, Any]:
+    """What the plan depends on. The calibration's key names the model's weights (file hash or
+    fingerprint) and the text, so they are not hashed a second time here."""
     from .trainingpass import TrainingPass
-    return {"model": model_id, "calibration": p.ctx.calib.key if p.ctx.calib is not None else None,
+    return {"calibration": p.ctx.calib.key if p.ctx.calib is not None else None,
             "allocate": {k: v for k, v in p.args.items() if k not in ("cache", "workers")},
             "later": [q.spec() for q in later if not isinstance(q, TrainingPass)]}
 

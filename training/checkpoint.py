@@ -45,8 +45,8 @@ def export_ir(model: Model, out: Path, force: bool = False) -> dict:
                                        "or compile with quant/gptq only")
         weights[node.name] = rep.decode().to(torch.float32).contiguous()
     config = hf_config(model.config)
-    config.architectures = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                             "qwen2": "Qwen2ForCausalLM"}[model.config.arch]]
+    from ..load_hf import ARCH_BY_CLASS  # the loader's own table, read backwards
+    config.architectures = [next(c for c, a in ARCH_BY_CLASS.items() if a == model.config.arch)]
     doc = {"format": FORMAT, "version": VERSION, "tensors": spec}
     with atomic_dir(out, force=force) as tmp:
         config.save_pretrained(tmp)

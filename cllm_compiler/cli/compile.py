@@ -212,10 +212,10 @@ def _check_checkpoint(args: argparse.Namespace, passes: list) -> None:
         raise TrainError("--checkpoint goes with one --target", hint="the checkpoint does not depend on the target")
     from ..atomic import check_replaceable
     check_replaceable(args.checkpoint, args.force)
-    bad = [p.name for p in passes if p.yields not in (None, "quant", "dense", "encoded")]
+    bad = [p for p in passes if p.yields not in (None, "quant", "dense", "encoded")]
     if bad:
-        raise TrainError(f"--checkpoint holds uniform quant grids and float tensors; '{bad[0]}' leaves "
-                         f"{passes[[p.name for p in passes].index(bad[0])].yields} tensors",
+        raise TrainError(f"--checkpoint holds uniform quant grids and float tensors; '{bad[0].name}' leaves "
+                         f"{bad[0].yields} tensors",
                          hint="compile with quant/gptq (and reconstruct, distill), or drop --checkpoint")
 
 
